@@ -1,0 +1,196 @@
+"""gd.function: compile a graph for a backend and call it on NumPy arrays.
+
+An `Executable` validates every call before running the backend (count, shape, dtype and
+memory layout of the arrays; symbolic dimensions bound consistently), runs the outputs and
+the update values, then writes the updates into the params' and state's shared storage in
+place, all updates seeing the values from before the call (simultaneous assignment).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+from graphdl.errors import ArgumentError, BackendUnavailable, dtype_error, shape_error
+from graphdl.graph import Tensor, as_tensor, toposort
+from graphdl.ops.elementwise import cast
+from graphdl.ops.structured import broadcast_to
+from graphdl.shapes import Dim, format_shape
+
+
+class Updates(list):
+    """A list of (variable, new value) pairs, with hooks run before each call.
+
+    Optimizers return one from `opt.updates(loss, params)`; a hook receives nothing and
+    may set state (the learning rate of a schedule, for example) before the step runs.
+    """
+
+    def __init__(self, pairs=(), hooks=()):
+        super().__init__(pairs)
+        self.hooks = list(hooks)
+
+    def __add__(self, other):
+        hooks = self.hooks + list(getattr(other, "hooks", []))
+        return Updates(list(self) + list(other), hooks)
+
+
+def _backend_compiler(name: str):
+    if name == "reference":
+        from graphdl.codegen.reference import compile_program
+        return compile_program
+    if name in ("llvm", "cupy"):
+        raise BackendUnavailable(
+            f"the {name!r} backend is not part of this build yet; use backend='reference' "
+            "(the default)")
+    raise ArgumentError(f"unknown backend {name!r}; choose 'reference'")
+
+
+def default_backend() -> str:
+    """The backend used when none is named: $GRAPHDL_BACKEND, else 'reference'."""
+    return os.environ.get("GRAPHDL_BACKEND", "reference")
+
+
+def _normalize_updates(updates):
+    if updates is None:
+        return [], []
+    hooks = list(getattr(updates, "hooks", []))
+    pairs = list(updates.items()) if isinstance(updates, dict) else list(updates)
+    seen, out = set(), []
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"updates must be (variable, value) pairs, got {pair!r}")
+        var, value = pair
+        if not isinstance(var, Tensor) or var.op not in ("param", "state"):
+            raise TypeError(f"only params and state can be updated, got {var!r}")
+        if var in seen:
+            raise ValueError(f"{var.name!r} is updated twice in one function")
+        seen.add(var)
+        value = as_tensor(value, var)
+        if value.shape != var.shape and value.ndim <= var.ndim:
+            value = broadcast_to(value, var.shape)
+        if value.shape != var.shape:
+            raise shape_error(f"update of {var.name!r}: value has shape "
+                              f"{format_shape(value.shape)}, the variable {var.shape}")
+        if value.dtype != var.dtype:
+            value = cast(value, var.dtype)
+        out.append((var, value))
+    return out, hooks
+
+
+class Executable:
+    """A compiled graph, callable on NumPy arrays.
+
+    Example:
+        >>> f = gd.function([x], [logits])
+        >>> (out,) = f(np.zeros((32, 64), np.float32))
+    """
+
+    def __init__(self, inputs, outputs, updates=None, backend=None, cast=False, name=None):
+        self.single = isinstance(outputs, Tensor)
+        self.outputs = [outputs] if self.single else list(outputs)
+        self.inputs = list(inputs)
+        self.name = name or "function"
+        self.cast = cast
+        self.backend = backend or default_backend()
+        self.updates, self.hooks = _normalize_updates(updates)
+        self._check_inputs()
+        self._lock = threading.Lock()
+        self.calls = 0
+        start = time.perf_counter()
+        compiler = _backend_compiler(self.backend)
+        self.program = compiler(self.inputs, self.outputs, [v for _, v in self.updates])
+        self.compile_seconds = time.perf_counter() - start
+
+    def _check_inputs(self):
+        for t in self.inputs:
+            if not isinstance(t, Tensor) or t.op != "input":
+                raise TypeError(f"gd.function inputs must be gd.input tensors, got {t!r}")
+        if len(set(self.inputs)) != len(self.inputs):
+            raise ValueError("an input is listed twice")
+        for o in self.outputs:
+            if not isinstance(o, Tensor):
+                raise TypeError(f"outputs must be tensors, got {type(o).__name__}")
+        needed = toposort(self.outputs + [v for _, v in self.updates])
+        missing = [n for n in needed if n.op == "input" and n not in self.inputs]
+        if missing:
+            names = ", ".join(repr(n.name) for n in missing)
+            raise ArgumentError(f"the outputs depend on input(s) {names} that are not in "
+                                "the function's inputs")
+
+    # -- calling -------------------------------------------------------------------------
+    def _validate(self, args):
+        if len(args) != len(self.inputs):
+            names = ", ".join(t.name for t in self.inputs)
+            raise ArgumentError(f"{self.name} takes {len(self.inputs)} array(s) ({names}), "
+                                f"got {len(args)}")
+        sizes, arrays = {}, []
+        for t, a in zip(self.inputs, args):
+            a = self._check_dtype(t, a)
+            if a.ndim != t.ndim:
+                raise ArgumentError(f"input {t.name!r}: expected shape {format_shape(t.shape)},"
+                                    f" got {a.shape}")
+            for d, n in zip(t.shape, a.shape):
+                if isinstance(d, Dim):
+                    if sizes.setdefault(d.name, n) != n:
+                        raise ArgumentError(
+                            f"input {t.name!r}: dimension {d!r} is {n} here but "
+                            f"{sizes[d.name]} in an earlier input")
+                elif d != n:
+                    raise ArgumentError(f"input {t.name!r}: expected shape "
+                                        f"{format_shape(t.shape)}, got {a.shape}")
+            if not a.flags.c_contiguous:
+                raise ArgumentError(f"input {t.name!r} is not C-contiguous; pass "
+                                    "np.ascontiguousarray(array)")
+            arrays.append(a)
+        return arrays, sizes
+
+    def _check_dtype(self, t, a):
+        if not isinstance(a, np.ndarray):
+            a = np.asarray(a)
+            if a.dtype.kind == "f":
+                a = a.astype(t.dtype) if t.dtype in ("float32", "float64") else a
+        want = np.dtype(t.dtype)
+        if a.dtype == want:
+            return a
+        if self.cast or (a.dtype.kind in "iu" and want.kind == "i"
+                         and np.can_cast(a.dtype, want, "safe")):
+            return a.astype(want)
+        raise ArgumentError(f"input {t.name!r} expects {t.dtype}, got {a.dtype}"
+                            + (" (pass cast=True to gd.function to convert)"
+                               if a.dtype.kind == want.kind or want.kind == "f" else ""))
+
+    def __call__(self, *args):
+        arrays, sizes = self._validate(args)
+        with self._lock:
+            for hook in self.hooks:
+                hook()
+            outs, new_values = self.program.run(arrays, sizes)
+            for (var, _), value in zip(self.updates, new_values):
+                np.copyto(var.storage.array, value)
+            self.calls += 1
+        # Never hand out a view of internal or shared storage: the caller owns what it gets.
+        outs = [o if o.base is None and o.flags.writeable and t.storage is None
+                else np.array(o) for o, t in zip(outs, self.outputs)]
+        return outs[0] if self.single else outs
+
+    def __repr__(self) -> str:
+        ins = ", ".join(t.name for t in self.inputs)
+        return (f"<Executable {self.name}({ins}) -> {len(self.outputs)} output(s), "
+                f"{len(self.updates)} update(s), backend={self.backend!r}>")
+
+
+def function(inputs, outputs, updates=None, backend=None, cast=False, name=None) -> Executable:
+    """Compile `outputs` (and in-place `updates`) as a function of `inputs`.
+
+    Returns a bare array when `outputs` is one tensor, a list when it is a list or tuple.
+    `updates` is a list of (param or state, new value) pairs, or what `opt.updates` returns.
+    A float64 array given to a float32 input raises unless `cast=True`.
+
+    Example:
+        >>> f = gd.function([x], logits)
+        >>> step = gd.function([x, y], [loss], updates=opt.updates(loss, params))
+    """
+    return Executable(inputs, outputs, updates, backend, cast, name)

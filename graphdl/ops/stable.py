@@ -1,0 +1,123 @@
+"""Accuracy rewrites applied to every elementwise expression before a backend evaluates it.
+
+The formulas in the op catalog are written as the course writes them (sigmoid is
+1/(1 + exp(-x)), softplus is log(1 + exp(x))) because that is what `gd.explain` shows. Taken
+literally in floating point some overflow: exp(x)/(exp(x) + 1), sympy's derivative of
+softplus, is inf/inf = NaN at x = 100. `stabilize` rewrites such patterns into two functions
+that every backend evaluates in a stable way:
+
+- `Sigmoid(u)`: exp(k u) (1 + exp(u))^-m  ->  Sigmoid(u)^k Sigmoid(-u)^(m-k), 0 <= k <= m
+  (the identities e^u / (1 + e^u) = sigma(u) and 1 / (1 + e^u) = sigma(-u));
+- `Softplus(u)`: log(1 + exp(u)) -> Softplus(u) = max(u, 0) + log1p(exp(-|u|));
+- exp(u) - 1 -> expm1(u) (accuracy near 0, after sympy.codegen.rewriting's expm1_opt).
+
+Rules are a table of (name, function); each function returns a new expression or None.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1
+
+
+class Sigmoid(sp.Function):
+    """sigma(u) = 1 / (1 + exp(-u)), evaluated without overflow by every backend."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+    def _eval_rewrite_as_exp(self, u, **kwargs):
+        return 1 / (1 + sp.exp(-u))
+
+    def _latex(self, printer):
+        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+
+
+class Softplus(sp.Function):
+    """softplus(u) = log(1 + exp(u)), evaluated as max(u, 0) + log1p(exp(-|u|))."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return Sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, u, **kwargs):
+        return sp.log(1 + sp.exp(u))
+
+
+def _exp_plus_one(base):
+    """If base is 1 + exp(w), return w."""
+    if isinstance(base, sp.Add) and len(base.args) == 2 and sp.S.One in base.args:
+        other = base.args[0] if base.args[1] == 1 else base.args[1]
+        if isinstance(other, sp.exp):
+            return other.args[0]
+    return None
+
+
+def _rule_sigmoid(e):
+    factors = list(e.args) if isinstance(e, sp.Mul) else [e]
+    for i, f in enumerate(factors):
+        if not (isinstance(f, sp.Pow) and f.exp.is_Integer and f.exp < 0):
+            continue
+        w = _exp_plus_one(f.base)
+        if w is None:
+            continue
+        m = int(-f.exp)
+        rest = factors[:i] + factors[i + 1:]
+        k = 0
+        for j, g in enumerate(rest):
+            if isinstance(g, sp.exp):
+                ratio = sp.simplify(g.args[0] / w)
+                if ratio.is_Integer and 0 < ratio <= m:
+                    k = int(ratio)
+                    rest = rest[:j] + rest[j + 1:]
+                    break
+        return sp.Mul(*rest) * Sigmoid(w) ** k * Sigmoid(-w) ** (m - k)
+    return None
+
+
+def _rule_softplus(e):
+    if isinstance(e, sp.log):
+        w = _exp_plus_one(e.args[0])
+        if w is not None:
+            return Softplus(w)
+    return None
+
+
+def _rule_expm1(e):
+    if isinstance(e, sp.Add) and sp.S.NegativeOne in e.args:
+        for a in e.args:
+            if isinstance(a, sp.exp):
+                rest = [t for t in e.args if t is not a and t != -1]
+                return sp.Add(expm1(a.args[0]), *rest)
+    return None
+
+
+RULES = (
+    ("exp(k*u) * (1 + exp(u))**-m -> sigmoid(u)**k * sigmoid(-u)**(m-k)", _rule_sigmoid),
+    ("log(1 + exp(u)) -> softplus(u)", _rule_softplus),
+    ("exp(u) - 1 -> expm1(u)", _rule_expm1),
+)
+
+
+def _rewrite(e):
+    if e.is_Atom or isinstance(e, (sp.logic.boolalg.BooleanAtom,)):
+        return e
+    args = tuple(_rewrite(a) for a in e.args)
+    if args != e.args:
+        e = e.func(*args)
+    for _name, rule in RULES:
+        new = rule(e)
+        if new is not None:
+            return _rewrite(new) if new != e else new
+    return e
+
+
+@functools.lru_cache(maxsize=4096)
+def stabilize(expr: sp.Expr) -> sp.Expr:
+    """Rewrite an expression into a numerically stable form (see the module docstring)."""
+    return _rewrite(expr)
