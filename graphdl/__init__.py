@@ -55,10 +55,11 @@ from graphdl.function import Executable, Updates, function  # noqa: E402
 from graphdl.random import seed  # noqa: E402
 from graphdl import init, losses, optim, regularizers  # noqa: E402
 from graphdl.explain import explain, to_dot  # noqa: E402
+from graphdl.gradcheck import check_grad  # noqa: E402
 
 __all__ = [
     "ArgumentError", "BackendUnavailable", "DTypeError", "NotDifferentiableError",
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
     "state", "grad", "function", "Executable", "Updates", "seed", "init", "losses", "optim",
-    "regularizers", "explain", "to_dot", *_ops_all,
+    "regularizers", "explain", "to_dot", "check_grad", *_ops_all,
 ]

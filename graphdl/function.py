@@ -168,6 +168,10 @@ class Executable:
             for hook in self.hooks:
                 hook()
             outs, new_values = self.program.run(arrays, sizes)
+            # Updates are simultaneous: a new value may be (a view of) another variable's
+            # storage, so take every value before writing any.
+            new_values = [np.array(v, copy=True) if node.storage is not None or _may_alias(v)
+                          else v for (_, node), v in zip(self.updates, new_values)]
             for (var, _), value in zip(self.updates, new_values):
                 np.copyto(var.storage.array, value)
             self.calls += 1
@@ -180,6 +184,10 @@ class Executable:
         ins = ", ".join(t.name for t in self.inputs)
         return (f"<Executable {self.name}({ins}) -> {len(self.outputs)} output(s), "
                 f"{len(self.updates)} update(s), backend={self.backend!r}>")
+
+
+def _may_alias(array: np.ndarray) -> bool:
+    return array.base is not None or not array.flags.owndata or not array.flags.writeable
 
 
 def function(inputs, outputs, updates=None, backend=None, cast=False, name=None) -> Executable:

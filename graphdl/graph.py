@@ -169,7 +169,7 @@ def _variable(op: str, name: str, shape_or_array, init, dtype) -> Tensor:
             if array.shape != shape:
                 raise shape_error(f"initializer for {name!r} returned shape {array.shape}, "
                                   f"expected {shape}")
-    array = np.ascontiguousarray(array).copy()
+    array = np.array(array, order="C", copy=True)  # ascontiguousarray would make 0-d 1-d
     return _leaf(op, str(name), tuple(array.shape), array.dtype.name, Storage(array))
 
 

@@ -21,8 +21,10 @@ from graphdl.codegen.reference.structured import STRUCTURED
 
 
 def _sigmoid(u):
-    # 0.5 (1 + tanh(u / 2)) is sigma(u) without overflow for any u.
-    return 0.5 + 0.5 * np.tanh(0.5 * u)
+    # e = exp(-|u|) never overflows; 1/(1+e) and e/(1+e) keep full relative accuracy in
+    # both tails (0.5 + 0.5 tanh(u/2) would round sigma(-30) to 0 in float32).
+    e = np.exp(-np.abs(u))
+    return np.where(u >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _softplus(u):

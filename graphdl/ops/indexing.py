@@ -33,7 +33,9 @@ def _slice(x, spec) -> Tensor:
             continue
         start, stop, step = slice(start, stop, step).indices(d)
         shape.append(_slice_len(start, stop, step))
-        norm.append((start, stop, step))
+        # A negative stop here means "past the front" (stepping backwards); keep it as None
+        # so the spec means the same when applied again (Python reads -1 as the last item).
+        norm.append((start, None if stop < 0 else stop, step))
     norm = tuple(norm)
     if all(s == (0, d, 1) or s == (0, None, 1) for s, d in zip(norm, x.shape)):
         return x

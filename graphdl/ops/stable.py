@@ -52,7 +52,7 @@ class Softplus(sp.Function):
 def _exp_plus_one(base):
     """If base is 1 + exp(w), return w."""
     if isinstance(base, sp.Add) and len(base.args) == 2 and sp.S.One in base.args:
-        other = base.args[0] if base.args[1] == 1 else base.args[1]
+        other = base.args[1] if base.args[0] == 1 else base.args[0]
         if isinstance(other, sp.exp):
             return other.args[0]
     return None
@@ -89,11 +89,15 @@ def _rule_softplus(e):
 
 
 def _rule_expm1(e):
-    if isinstance(e, sp.Add) and sp.S.NegativeOne in e.args:
-        for a in e.args:
-            if isinstance(a, sp.exp):
-                rest = [t for t in e.args if t is not a and t != -1]
-                return sp.Add(expm1(a.args[0]), *rest)
+    if not isinstance(e, sp.Add):
+        return None
+    for a in e.args:
+        coeff, factor = a.as_coeff_Mul()
+        if isinstance(factor, sp.exp) and -coeff in e.args:
+            rest = list(e.args)
+            rest.remove(a)
+            rest.remove(-coeff)
+            return sp.Add(coeff * expm1(factor.args[0]), *rest)
     return None
 
 
@@ -104,16 +108,28 @@ RULES = (
 )
 
 
+def _apply_rules(e):
+    for _name, rule in RULES:
+        new = rule(e)
+        if new is not None and new != e:
+            return new
+    return None
+
+
 def _rewrite(e):
-    if e.is_Atom or isinstance(e, (sp.logic.boolalg.BooleanAtom,)):
+    # Rules are tried at a node before its children (a Mul must see exp(u) next to
+    # (1 + exp(u))**-1 before the inner power is rewritten on its own), then again after.
+    if e.is_Atom:
         return e
+    new = _apply_rules(e)
+    if new is not None:
+        return _rewrite(new)
     args = tuple(_rewrite(a) for a in e.args)
     if args != e.args:
         e = e.func(*args)
-    for _name, rule in RULES:
-        new = rule(e)
+        new = _apply_rules(e)
         if new is not None:
-            return _rewrite(new) if new != e else new
+            return _rewrite(new)
     return e
 
 
