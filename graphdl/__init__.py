@@ -40,6 +40,7 @@ def _locate_codegen():
     module = _importlib_util.module_from_spec(spec)
     _sys.modules["graphdl.codegen"] = module
     spec.loader.exec_module(module)
+    globals()["codegen"] = module  # what the import system does for a found subpackage
 
 
 _locate_codegen()
