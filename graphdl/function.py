@@ -36,6 +36,15 @@ class Updates(list):
         hooks = self.hooks + list(getattr(other, "hooks", []))
         return Updates(list(self) + list(other), hooks)
 
+    def __radd__(self, other):
+        hooks = list(getattr(other, "hooks", [])) + self.hooks
+        return Updates(list(other) + list(self), hooks)
+
+    def __iadd__(self, other):
+        self.extend(other)
+        self.hooks.extend(getattr(other, "hooks", []))
+        return self
+
 
 def _backend_compiler(name: str):
     if name == "reference":

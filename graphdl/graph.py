@@ -210,7 +210,9 @@ def constant(value, dtype=None) -> Tensor:
     """
     if dtype is None:
         dtype = _float_like(value)
-        if isinstance(value, bool):
+        if isinstance(value, float):
+            dtype = "float32"
+        elif isinstance(value, bool):
             dtype = "bool"
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             dtype = "int64"

@@ -17,7 +17,10 @@ from graphdl.shapes import FLOAT_DTYPES, as_dtype, broadcast_shapes, promote
 
 
 def _to_tensors(args):
-    like = next((a for a in args if isinstance(a, Tensor)), None)
+    # Python scalars take the dtype of the first float tensor (weak typing), else the first
+    # tensor's: in where(x > 0, x, 0.0) the 0.0 follows x, not the bool condition.
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    like = next((t for t in tensors if t.dtype in FLOAT_DTYPES), tensors[0] if tensors else None)
     return tuple(as_tensor(a, like) for a in args)
 
 

@@ -91,3 +91,18 @@ def test_softmax_is_stable_for_huge_logits():
         np.array([[1000.0, 0.0, -1000.0]], np.float32))
     np.testing.assert_allclose(p, [[1, 0, 0]], atol=1e-7)
     assert np.all(np.isfinite(logp[:, :2])) and logp[0, 0] == 0
+
+
+def test_updates_keep_hooks_when_combined():
+    calls = []
+    u = gd.Updates([], hooks=[lambda: calls.append(1)])
+    assert ([] + u).hooks and (u + []).hooks
+    v = gd.Updates([])
+    v += u
+    assert v.hooks == u.hooks
+
+
+def test_python_scalars_follow_the_float_tensor():
+    x = gd.input("x", (3,))
+    assert gd.where(x > 0, x, 0.0).dtype == "float32"
+    assert gd.constant(0.5).dtype == "float32"
