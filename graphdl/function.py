@@ -50,11 +50,14 @@ def _backend_compiler(name: str):
     if name == "reference":
         from graphdl.codegen.reference import compile_program
         return compile_program
-    if name in ("llvm", "cupy"):
+    if name == "llvm":
+        from graphdl.codegen.llvm.program import compile_program
+        return compile_program
+    if name == "cupy":
         raise BackendUnavailable(
-            f"the {name!r} backend is not part of this build yet; use backend='reference' "
-            "(the default)")
-    raise ArgumentError(f"unknown backend {name!r}; choose 'reference'")
+            "the 'cupy' backend is not part of this build yet; use backend='llvm' (the "
+            "default) or 'reference'")
+    raise ArgumentError(f"unknown backend {name!r}; choose 'llvm' or 'reference'")
 
 
 def default_backend() -> str:
@@ -110,7 +113,7 @@ class Executable:
         self.calls = 0
         start = time.perf_counter()
         compiler = _backend_compiler(self.backend)
-        self.program = compiler(self.inputs, self.outputs, [v for _, v in self.updates])
+        self.program = compiler(self.inputs, self.outputs, self.updates)
         self.compile_seconds = time.perf_counter() - start
 
     def _check_inputs(self):
@@ -177,6 +180,9 @@ class Executable:
             for hook in self.hooks:
                 hook()
             outs, new_values = self.program.run(arrays, sizes)
+            if self.program.applies_updates:
+                self.calls += 1
+                return outs[0] if self.single else outs
             # Updates are simultaneous: a new value may be (a view of) another variable's
             # storage, so take every value before writing any.
             new_values = [np.array(v, copy=True) if node.storage is not None or _may_alias(v)

@@ -53,12 +53,13 @@ class GradCheckReport:
         return "\n".join(lines)
 
 
-def check_grad(loss: Tensor, wrt, feed=None, eps: float = 1e-6, rtol: float = 1e-5,
+def check_grad(loss: Tensor, wrt, feed=None, eps: float | None = None, rtol: float = 1e-5,
                atol: float = 1e-8, backend: str = "reference") -> GradCheckReport:
     """Check gd.grad(loss, wrt) against central differences (loss' ~ (L(w+e) - L(w-e)) / 2e).
 
     `wrt` holds params, state or inputs; `feed` maps every input of the graph to an array.
-    Params are perturbed in place and restored.
+    Params are perturbed in place and restored. `eps` defaults to 1e-6 for float64 and 1e-3
+    for float32 (whose central differences are good to about 1e-3 only: pass rtol=1e-2).
 
     Example:
         >>> report = gd.check_grad(loss, [W, b], feed={x: xs, y: ys})
@@ -81,8 +82,9 @@ def check_grad(loss: Tensor, wrt, feed=None, eps: float = 1e-6, rtol: float = 1e
 
     report = GradCheckReport()
     for w, g in zip(wrt, derived):
+        step = eps if eps is not None else (1e-6 if w.dtype == "float64" else 1e-3)
         target = arrays[w] if w.op == "input" else w.storage.array
-        numerical = _central_differences(target, evaluate, eps)
+        numerical = _central_differences(target, evaluate, step)
         report.entries.append(_compare(w, np.asarray(g, np.float64), numerical, rtol, atol))
     return report
 

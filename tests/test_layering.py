@@ -53,3 +53,12 @@ def test_graphdl_codegen_resolves_into_this_repository():
     here = os.path.realpath(graphdl.codegen.__file__)
     assert here.startswith(os.path.realpath(ROOT / "codegen")) or \
         here.startswith(os.path.realpath(pathlib.Path(graphdl.__file__).parent)), here
+
+
+def test_every_package_is_listed_in_pyproject():
+    text = (ROOT / "pyproject.toml").read_text()
+    for init in list((ROOT / "graphdl").rglob("__init__.py")) + \
+            list((ROOT / "codegen").rglob("__init__.py")):
+        rel = init.parent.relative_to(ROOT).parts
+        name = ".".join(("graphdl",) + rel) if rel[0] == "codegen" else ".".join(rel)
+        assert f'"{name}"' in text, f"{name} is missing from pyproject's package list"

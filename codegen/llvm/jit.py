@@ -41,7 +41,7 @@ class Kernel:
 def _empty_engine():
     backing = llvm.parse_assembly("")
     backing.triple = target.host()["triple"]
-    return llvm.create_mcjit_compiler(backing, target.target_machine()), backing
+    return llvm.create_mcjit_compiler(backing, target.new_target_machine()), backing
 
 
 def compile_ir(ir_text: str, optimize: bool = True, keep_object: bool = False) -> Kernel:

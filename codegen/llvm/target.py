@@ -50,7 +50,16 @@ def vector_bits() -> int:
 
 @functools.lru_cache(maxsize=1)
 def target_machine():
-    """The host's target machine at -O3, with its CPU name and features."""
+    """The host's target machine at -O3 (shared: for parsing, optimizing, emitting objects).
+
+    An execution engine takes ownership of the target machine it is given and frees it with
+    itself, so engines get their own from `new_target_machine()`, never this one.
+    """
+    return new_target_machine()
+
+
+def new_target_machine():
+    """A fresh target machine for the host at -O3, with its CPU name and features."""
     h = host()
     target = llvm.Target.from_triple(h["triple"])
     return target.create_target_machine(cpu=h["cpu"], features=h["features"], opt=3,

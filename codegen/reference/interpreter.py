@@ -62,6 +62,8 @@ def evaluate(node, arrays, sizes):
 class Program:
     """A compiled (here: ordered) graph: outputs and update values from inputs and state."""
 
+    applies_updates = False   # the Executable writes the update values back
+
     def __init__(self, inputs, outputs, update_values):
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
@@ -101,6 +103,9 @@ class Program:
         return ([values[o] for o in self.outputs], [values[u] for u in self.update_values])
 
 
-def compile_program(inputs, outputs, update_values) -> Program:
-    """The reference backend's compile step: order the graph once."""
-    return Program(inputs, outputs, update_values)
+def compile_program(inputs, outputs, updates) -> Program:
+    """The reference backend's compile step: order the graph once.
+
+    `updates` are (variable, new value) pairs; the Executable writes them back.
+    """
+    return Program(inputs, outputs, [value for _, value in updates])

@@ -8,7 +8,7 @@ from graphdl.errors import dtype_error, shape_error
 from graphdl.graph import Tensor, as_tensor
 from graphdl.ops.registry import structured
 from graphdl.ops.structured import reshape
-from graphdl.shapes import FLOAT_DTYPES, Dim, format_shape, normalize_axes, promote
+from graphdl.shapes import FLOAT_DTYPES, Dim, as_shape, format_shape, normalize_axes, promote
 
 
 def _make(op, inputs, attrs, shape, dtype):
@@ -173,8 +173,9 @@ def scatter_add(updates, index, axis, shape) -> Tensor:
         >>> g = gd.scatter_add(gy, labels.reshape(-1, 1), 1, (None, 10))
     """
     updates, index = as_tensor(updates), as_tensor(index)
-    return _make("scatter_add", (updates, index), {"axis": axis, "shape": tuple(shape)},
-                 tuple(shape), updates.dtype)
+    shape = as_shape(shape)
+    return _make("scatter_add", (updates, index), {"axis": axis, "shape": shape}, shape,
+                 updates.dtype)
 
 
 def _scatter_vjp(gy, node):

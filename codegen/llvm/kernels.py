@@ -1,0 +1,287 @@
+"""One kernel per materialized node: loop nests over strided views, emitted with llvmlite.ir.
+
+Every kernel is a function `void kN(i8* args, i64 begin, i64 end)` over a range of its
+outermost loop, so the main function can run it directly or split it across threads. The
+kernel loads its buffer pointers from the argument array and calls an always-inline body
+whose pointer parameters are `noalias` where the buffers cannot overlap; inlining turns
+that into alias scopes, which is what lets LLVM vectorize without runtime checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import llvmlite.ir as ir
+import numpy as np
+import sympy as sp
+
+from graphdl.codegen.llvm import target
+from graphdl.codegen.llvm.emit import F32, F64, FLAGS, I1, I8, I64, ScalarEmitter, ir_type
+from graphdl.codegen.llvm.loops import View, collapse, element_index, loop_nest
+from graphdl.ops.registry import I
+
+I8P = I8.as_pointer()
+KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [I8P, I64, I64])   # (args as i8*, begin, end)
+
+
+@dataclass
+class Kernel:
+    """A kernel function and how to call it: its trip count and per-iteration cost."""
+
+    name: str
+    trips: int                 # iterations of the outermost (splittable) loop
+    work: int                  # rough element count, to decide on threading
+    parallel: bool = True
+    label: str = ""
+    detail: dict = field(default_factory=dict)
+
+
+class KernelBuilder:
+    """Builds one kernel: a wrapper loading pointers and an inlined noalias body."""
+
+    def __init__(self, module: ir.Module, name: str, views, writes, label=""):
+        self.module = module
+        self.name = name
+        self.views = list(views)
+        self.label = label
+        ptr_types = [ir_type(v.dtype).as_pointer() for v in self.views]
+        body_type = ir.FunctionType(ir.VoidType(), ptr_types + [I64, I64])
+        self.body = ir.Function(module, body_type, name + ".body")
+        self.body.linkage = "internal"
+        self.body.attributes.add("alwaysinline")
+        self.body.attributes.add("nounwind")
+        written = {self.views[w].slot for w in writes}
+        for k, (arg, view) in enumerate(zip(self.body.args[:-2], self.views)):
+            overlapping = view.slot in written and k not in writes
+            if not overlapping and sum(1 for w in writes if self.views[w].slot == view.slot) <= 1:
+                arg.add_attribute("noalias")
+        self.begin, self.end = self.body.args[-2], self.body.args[-1]
+        self.pointers = list(self.body.args[:-2])
+        self.b = ir.IRBuilder(self.body.append_basic_block("entry"))
+        self._wrapper()
+
+    def _wrapper(self):
+        fn = ir.Function(self.module, KERNEL_TYPE, self.name)
+        fn.attributes.add("nounwind")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx, begin, end = fn.args
+        args = b.bitcast(ctx, I8P.as_pointer())
+        ptrs = []
+        for v in self.views:
+            raw = b.load(b.gep(args, [ir.Constant(I64, v.slot)]))
+            ptrs.append(b.bitcast(raw, ir_type(v.dtype).as_pointer()))
+        b.call(self.body, ptrs + [begin, end])
+        b.ret_void()
+        for f in (fn, self.body):
+            f.attributes._known = f.attributes._known | {"\"prefer-vector-width\"=\"%s\""
+                                                         % target.prefer_vector_width()}
+            f.attributes.add("\"prefer-vector-width\"=\"%s\"" % target.prefer_vector_width())
+
+    def load(self, k: int, index):
+        """Load element `index` of view k."""
+        return self.b.load(self.b.gep(self.pointers[k], [index]))
+
+    def store(self, k: int, index, value):
+        """Store a value (converted to view k's dtype) at element `index` of view k."""
+        self.b.store(convert(self.b, value, self.views[k].dtype),
+                     self.b.gep(self.pointers[k], [index]))
+
+    def finish(self):
+        self.b.ret_void()
+
+
+def convert(b: ir.IRBuilder, value, dtype: str):
+    """Convert an emitted value (i1, i8, i64, float, double) to a buffer dtype."""
+    t = ir_type(dtype)
+    if value.type == t:
+        return value
+    if value.type == I1:
+        return b.zext(value, I8) if t == I8 else (
+            b.zext(value, I64) if t == I64 else b.uitofp(value, t))
+    if isinstance(value.type, ir.IntType):
+        if t == I8:
+            return b.zext(b.icmp_unsigned("!=", value, ir.Constant(value.type, 0)), I8)
+        if isinstance(t, ir.IntType):
+            return b.sext(value, t) if value.type.width < t.width else b.trunc(value, t)
+        return b.sitofp(value, t) if value.type.width > 8 else b.uitofp(value, t)
+    if t == I8:
+        return b.zext(b.fcmp_unordered("!=", value, ir.Constant(value.type, 0.0)), I8)
+    if t == I64:
+        return b.fptosi(value, I64)
+    if value.type == F32 and t == F64:
+        return b.fpext(value, F64)
+    return b.fptrunc(value, F32)
+
+
+def compute_type(dtypes) -> ir.Type:
+    """The float type arithmetic runs in: double if any float64 or int64 operand is involved."""
+    return F64 if any(d in ("float64", "int64") for d in dtypes) else F32
+
+
+# -- elementwise -----------------------------------------------------------------------------
+def emit_elementwise(module, name, out: View, inputs, expr, label="") -> Kernel:
+    """out[i] = expr(inputs[k][i]) over the output shape; inputs are Views or python scalars."""
+    subs, views, symbols = {}, [out], []
+    for k, v in enumerate(inputs):
+        if isinstance(v, View):
+            views.append(v.broadcast(out.shape))
+            symbols.append(I[k])
+        else:
+            subs[I[k]] = sp.sympify(v)
+    expr = expr.xreplace(subs) if subs else expr
+    shape, strides = collapse(out.shape, [v.strides for v in views])
+    kb = KernelBuilder(module, name, views, writes=[0], label=label)
+    ftype = compute_type([out.dtype] + [v.dtype for v in views[1:]])
+
+    def body(idx):
+        values = {}
+        for k, sym in enumerate(symbols):
+            values[sym] = kb.load(k + 1, element_index(kb.b, idx, strides[k + 1],
+                                                       views[k + 1].offset))
+        result = ScalarEmitter(kb.b, ftype, values).emit(expr)
+        kb.store(0, element_index(kb.b, idx, strides[0], out.offset), result)
+
+    loop_nest(kb.b, shape, kb.begin, kb.end, body)
+    kb.finish()
+    return Kernel(name, shape[0], out.size * max(1, len(symbols)), label=label)
+
+
+def emit_fill(module, name, out: View, value, label="") -> Kernel:
+    """out[...] = value (a Python number)."""
+    return emit_elementwise(module, name, out, [], sp.sympify(value), label=label)
+
+
+# -- reductions ------------------------------------------------------------------------------
+def emit_reduce(module, name, out: View, x: View, axes, kind: str, label="") -> Kernel:
+    """Sum or max over `axes` of x into out (out has x's shape with `axes` set to 1)."""
+    keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    out_b = View(out.slot, out.offset, keep_shape,
+                 View.contiguous(0, keep_shape, out.dtype).strides, out.dtype)
+    views = [out_b, x]
+    kb = KernelBuilder(module, name, views, writes=[0], label=label)
+    ftype = ir_type(out.dtype) if out.dtype in ("float32", "float64") else I64
+    is_float = out.dtype in ("float32", "float64")
+    identity = (ir.Constant(ftype, 0.0) if is_float else ir.Constant(I64, 0)) \
+        if kind == "sum" else ir.Constant(ftype, float("-inf"))
+    # Split the loop nest: parallel over a leading kept axis, accumulate in input order.
+    inner_reduced = (x.ndim if hasattr(x, "ndim") else len(x.shape)) - 1 in axes
+    shape = x.shape
+    parallel = 0 not in axes and len(shape) > 0
+
+    def combine(acc, v):
+        if kind == "sum":
+            if is_float:
+                return kb.b.fadd(acc, v, flags=FLAGS + ("reassoc",))
+            return kb.b.add(acc, v)
+        take = kb.b.or_(kb.b.fcmp_ordered(">", v, acc), kb.b.fcmp_unordered("uno", v, v))
+        return kb.b.select(take, v, acc)
+
+    def load_x(idx):
+        v = kb.load(1, element_index(kb.b, idx, x.strides, x.offset))
+        return convert(kb.b, v, out.dtype) if v.type != ftype else v
+
+    # Initialise the output rows this range owns, then accumulate.
+    out_outer = [d for i, d in enumerate(keep_shape)]
+
+    def init_body(idx):
+        kb.store(0, element_index(kb.b, idx, out_b.strides, out.offset), identity)
+
+    if parallel:
+        loop_nest(kb.b, out_outer, kb.begin, kb.end, init_body, name="z")
+    else:
+        loop_nest(kb.b, out_outer, ir.Constant(I64, 0), ir.Constant(I64, out_outer[0]),
+                  init_body, name="z")
+
+    begin = kb.begin if parallel else ir.Constant(I64, 0)
+    end = kb.end if parallel else ir.Constant(I64, shape[0])
+    if inner_reduced and len(shape) >= 1:
+        outer, inner = shape[:-1], shape[-1]
+
+        def outer_body(idx):
+            pre = kb.b.block
+            loop = kb.b.append_basic_block("r.loop")
+            after = kb.b.append_basic_block("r.end")
+            kb.b.branch(loop)
+            kb.b.position_at_end(loop)
+            j = kb.b.phi(I64)
+            acc = kb.b.phi(ftype)
+            j.add_incoming(ir.Constant(I64, 0), pre)
+            acc.add_incoming(identity, pre)
+            v = load_x(list(idx) + [j])
+            new = combine(acc, v)
+            nxt = kb.b.add(j, ir.Constant(I64, 1))
+            j.add_incoming(nxt, loop)
+            acc.add_incoming(new, loop)
+            kb.b.cbranch(kb.b.icmp_signed("<", nxt, ir.Constant(I64, inner)), loop, after)
+            kb.b.position_at_end(after)
+            oidx = element_index(kb.b, list(idx) + [ir.Constant(I64, 0)], out_b.strides,
+                                 out.offset)
+            kb.store(0, oidx, combine(kb.load(0, oidx), new))
+
+        if outer:
+            loop_nest(kb.b, outer, begin, end, outer_body, name="o")
+        else:
+            outer_body([])
+    else:
+        def body(idx):
+            oidx = element_index(kb.b, idx, out_b.strides, out.offset)
+            kb.store(0, oidx, combine(kb.load(0, oidx), load_x(idx)))
+
+        loop_nest(kb.b, shape, begin, end, body)
+    kb.finish()
+    trips = shape[0] if parallel and shape else 1
+    return Kernel(name, trips, x.size, parallel=parallel, label=label)
+
+
+def emit_argmax(module, name, out: View, x: View, axis: int, label="",
+                compare: View | None = None) -> Kernel:
+    """Index of the first maximum along `axis` (NaN counts as the maximum, as NumPy).
+
+    With `compare` (int64 labels shaped like the output), stores argmax != label instead:
+    the per-sample 0/1 error.
+    """
+    perm = [i for i in range(len(x.shape)) if i != axis] + [axis]
+    xt = x.transpose(perm)
+    outer, n = xt.shape[:-1], xt.shape[-1]
+    out_v = View(out.slot, out.offset, outer, View.contiguous(0, outer, out.dtype).strides,
+                 out.dtype)
+    views = [out_v, xt] + ([compare] if compare is not None else [])
+    kb = KernelBuilder(module, name, views, writes=[0], label=label)
+    ftype = ir_type(x.dtype)
+
+    def argmax_at(idx):
+        pre = kb.b.block
+        first = kb.load(1, element_index(kb.b, list(idx) + [ir.Constant(I64, 0)],
+                                         xt.strides, xt.offset))
+        if n <= 1:
+            return ir.Constant(I64, 0)
+        loop = kb.b.append_basic_block("a.loop")
+        after = kb.b.append_basic_block("a.end")
+        kb.b.branch(loop)
+        kb.b.position_at_end(loop)
+        j, best, arg = kb.b.phi(I64), kb.b.phi(ftype), kb.b.phi(I64)
+        for phi, init in ((j, ir.Constant(I64, 1)), (best, first), (arg, ir.Constant(I64, 0))):
+            phi.add_incoming(init, pre)
+        v = kb.load(1, element_index(kb.b, list(idx) + [j], xt.strides, xt.offset))
+        best_is_nan = kb.b.fcmp_unordered("uno", best, best)
+        better = kb.b.or_(kb.b.fcmp_ordered(">", v, best), kb.b.fcmp_unordered("uno", v, v))
+        take = kb.b.and_(kb.b.not_(best_is_nan), better)
+        new_best, new_arg = kb.b.select(take, v, best), kb.b.select(take, j, arg)
+        nxt = kb.b.add(j, ir.Constant(I64, 1))
+        for phi, value in ((j, nxt), (best, new_best), (arg, new_arg)):
+            phi.add_incoming(value, loop)
+        kb.b.cbranch(kb.b.icmp_signed("<", nxt, ir.Constant(I64, n)), loop, after)
+        kb.b.position_at_end(after)
+        return new_arg
+
+    def body(idx):
+        result = argmax_at(idx)
+        if compare is not None:
+            lab = kb.load(2, element_index(kb.b, idx, compare.strides, compare.offset))
+            result = kb.b.icmp_signed("!=", result, lab)
+        kb.store(0, element_index(kb.b, idx, out_v.strides, out.offset), result)
+
+    loop_nest(kb.b, outer if outer else (1,), kb.begin, kb.end,
+              body if outer else (lambda idx: body([])))
+    kb.finish()
+    return Kernel(name, outer[0] if outer else 1, x.size, label=label)

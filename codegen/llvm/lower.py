@@ -1,0 +1,496 @@
+"""Lowering: a graph with concrete sizes -> one LLVM module and the plan to call it.
+
+The walk (each step a plain function of the previous one's result):
+
+1. `schedule`   order the nodes; an update that can be written in place is placed after
+                every other reader of its variable.
+2. `plan_views` give every node a View: inputs, outputs and variables are buffers the
+                caller passes; transpose/broadcast/slice/reshape are views of their input
+                (no copy); every other node is materialized into a buffer.
+3. `plan_memory` liveness-based first-fit placement of the materialized buffers in one arena
+                (peak bytes reported).
+4. `emit`       one kernel per materialized node, and `gd_main(i8** args)` calling them in
+                order (through the thread pool when a kernel is large enough).
+
+The argument array `args` holds one pointer per slot: the inputs, the outputs, every
+param/state/constant buffer, the arena and the GEMM workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import llvmlite.ir as ir
+import networkx as nx
+import numpy as np
+
+from graphdl.codegen.llvm import kernels as K
+from graphdl.codegen.llvm import kernels_index as KI
+from graphdl.codegen.llvm import kernels_matmul as KM
+from graphdl.codegen.llvm import target
+from graphdl.codegen.llvm.loops import View
+from graphdl.graph import toposort
+from graphdl.ops.registry import I, is_elementwise, node_expr
+from graphdl.ops.stable import stabilize
+from graphdl.shapes import bind_dims
+
+VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient")
+ALIGN = 64
+PARALLEL_MIN_WORK = 1 << 15     # elements (or flops / 8) below which threads cost more
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A value known when compiling (a one-element constant or a dim_size)."""
+
+    value: float
+    dtype: str
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A buffer that views point into: a caller slot or a region of the arena."""
+
+    id: int
+    kind: str                       # input | output | storage | arena
+    nbytes: int
+    node: object = None
+    slot: int = -1
+    offset: int = 0                 # bytes, for arena buffers
+
+
+@dataclass
+class Step:
+    """One kernel to emit: what it computes and where."""
+
+    kind: str                       # the node's op, or "copy" / "fill"
+    node: object
+    out: View
+    inputs: list
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What the Executable needs to call the compiled module."""
+
+    n_inputs: int
+    output_shapes: list
+    output_dtypes: list
+    storage: list                   # storage arrays, in slot order after the outputs
+    arena_bytes: int
+    work_bytes: int
+    label_checks: list              # (input index, upper bound) for label/index inputs
+    kernels: list
+    peak_bytes: int = 0
+    inplace_updates: int = 0
+
+
+class Lowering:
+    """State of one lowering (one graph, one binding of the symbolic sizes)."""
+
+    def __init__(self, inputs, outputs, updates, sizes, threads: int = 1):
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.updates = list(updates)
+        self.sizes = dict(sizes)
+        self.threads = max(1, threads)
+        self.buffers: list[Buffer] = []
+        self.views: dict = {}
+        self.steps: list[Step] = []
+        self.root: dict = {}            # node -> Buffer its view points into
+        self.storage_buffers: dict = {}
+        self.label_checks: list = []
+        self.inplace = 0
+
+    # -- helpers -------------------------------------------------------------------------
+    def shape(self, node) -> tuple:
+        return bind_dims(node.shape, self.sizes)
+
+    def new_buffer(self, kind, shape, dtype, node=None) -> Buffer:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        buf = Buffer(len(self.buffers), kind, nbytes, node)
+        self.buffers.append(buf)
+        return buf
+
+    def buffer_view(self, buf: Buffer, shape, dtype) -> View:
+        return View.contiguous(buf.id, shape, dtype)
+
+    # -- 1. schedule ---------------------------------------------------------------------
+    def schedule(self) -> list:
+        """Topological order with each in-place update after its variable's other readers."""
+        values = self.outputs + [v for _, v in self.updates]
+        nodes = toposort(values)
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(nodes)))
+        index = {n: i for i, n in enumerate(nodes)}
+        for n in nodes:
+            for p in n.inputs:
+                g.add_edge(index[p], index[n])
+        readers, origin = self._readers(nodes)
+        # Outputs and update values that are (views of) a variable are copied at the end,
+        # after the kernels: such a variable must keep its old value until then.
+        read_at_end = {origin[v] for v in values if v in origin}
+        self.inplace_targets = {}
+        for var, value in self.updates:
+            if var in read_at_end or not self._inplace_candidate(var, value):
+                continue
+            u = index[value]
+            others = [index[r] for r in readers.get(var, ()) if r is not value]
+            if any(nx.has_path(g, u, r) for r in others):
+                continue
+            for r in others:
+                g.add_edge(r, u)
+            self.inplace_targets[value] = var
+        order = list(nx.lexicographical_topological_sort(g))
+        return [nodes[i] for i in order]
+
+    def _readers(self, nodes) -> dict:
+        """(var -> nodes reading it directly or through view ops, view node -> its var)."""
+        origin = {}
+        for n in nodes:
+            if n.op in ("param", "state"):
+                origin[n] = n
+            elif n.op in VIEW_OPS and n.inputs[0] in origin:
+                origin[n] = origin[n.inputs[0]]
+        readers: dict = {}
+        for n in nodes:
+            for p in n.inputs:
+                if p in origin and n.op not in VIEW_OPS:
+                    readers.setdefault(origin[p], []).append(n)
+        return readers, origin
+
+    def _inplace_candidate(self, var, value) -> bool:
+        if not is_elementwise(value) or value in self.outputs:
+            return False
+        if self.shape(value) != self.shape(var) or value.dtype != var.dtype:
+            return False
+        if sum(1 for _, v in self.updates if v is value) > 1:
+            return False
+        # Reading var at another index (broadcast) in the same kernel would read new values.
+        return all(p is not var or self.shape(p) == self.shape(value) for p in value.inputs)
+
+    # -- 2. views --------------------------------------------------------------------------
+    def plan_views(self, order) -> None:
+        for k, t in enumerate(self.inputs):
+            buf = self.new_buffer("input", self.shape(t), t.dtype, t)
+            buf.slot = k
+            self._set(t, self.buffer_view(buf, self.shape(t), t.dtype), buf)
+        out_taken = set()
+        self.output_buffers = []
+        for k, o in enumerate(self.outputs):
+            buf = self.new_buffer("output", self.shape(o), o.dtype, o)
+            buf.slot = len(self.inputs) + k
+            self.output_buffers.append(buf)
+        for node in order:
+            if node in self.views:
+                continue
+            if node.storage is not None:
+                self._leaf(node)
+            elif node.op == "dim_size":
+                x = self.shape(node.inputs[0])
+                self.views[node] = Scalar(float(np.prod([x[a] for a in node.attr("axes")])),
+                                          node.dtype)
+            elif node.op in VIEW_OPS and self._view(node):
+                pass
+            else:
+                self._materialize(node, out_taken)
+        self._finish_outputs(out_taken)
+        self._finish_updates()
+
+    def _set(self, node, view, buf):
+        self.views[node] = view
+        self.root[node] = buf
+
+    def _leaf(self, node):
+        if node.op == "constant" and node.storage.array.size == 1 and node.dtype != "bool":
+            self.views[node] = Scalar(float(node.storage.array.reshape(())), node.dtype)
+            return
+        buf = self.storage_buffers.get(node)
+        if buf is None:
+            buf = self.new_buffer("storage", node.storage.array.shape, node.dtype, node)
+            self.storage_buffers[node] = buf
+        self._set(node, self.buffer_view(buf, self.shape(node), node.dtype), buf)
+
+    def view_of(self, node) -> View:
+        """The node's View, materializing a compile-time scalar into a buffer if needed."""
+        v = self.views[node]
+        if isinstance(v, Scalar):
+            buf = self.new_buffer("arena", (), v.dtype)
+            view = self.buffer_view(buf, (), v.dtype)
+            self.steps.append(Step("fill", node, view, [], {"value": v.value}))
+            self._set(node, view, buf)
+            return view
+        return v
+
+    def _view(self, node) -> bool:
+        """Make node a view of its input; False when it must be copied instead."""
+        src = self.views[node.inputs[0]]
+        shape = self.shape(node)
+        if isinstance(src, Scalar):
+            if node.op in ("reshape", "broadcast_to", "stop_gradient"):
+                self.views[node] = src
+                return True
+            return False
+        if node.op == "reshape":
+            v = src.reshape(shape)
+        elif node.op == "transpose":
+            v = src.transpose(node.attr("perm"))
+        elif node.op == "broadcast_to":
+            v = src.broadcast(shape)
+        elif node.op == "slice":
+            v = src.slice(node.attr("spec"))
+        else:
+            v = src
+        if v is None:
+            return False
+        self._set(node, v, self.root[node.inputs[0]])
+        return True
+
+    def _materialize(self, node, out_taken):
+        shape = self.shape(node)
+        if node in self.inplace_targets:
+            var = self.inplace_targets[node]
+            self._leaf(var)
+            buf = self.root[var]
+            self.inplace += 1
+        elif node in self.outputs and node not in out_taken:
+            buf = self.output_buffers[self.outputs.index(node)]
+            out_taken.add(node)
+        else:
+            buf = self.new_buffer("arena", shape, node.dtype, node)
+        view = self.buffer_view(buf, shape, node.dtype)
+        if not is_elementwise(node):
+            for x in node.inputs:        # structured kernels read memory, not immediates
+                self.view_of(x)
+        self._set(node, view, buf)
+        if node.op == "concat":
+            start, axis = 0, node.attr("axis")
+            for x in node.inputs:
+                n = self.shape(x)[axis]
+                spec = tuple((start, start + n, 1) if d == axis else (0, None, 1)
+                             for d in range(len(shape)))
+                self.steps.append(Step("copy", node, view.slice(spec), [x]))
+                start += n
+        elif node.op == "unslice":
+            self.steps.append(Step("fill", node, view, [], {"value": 0.0}))
+            self.steps.append(Step("copy", node, view.slice(node.attr("spec")),
+                                   [node.inputs[0]]))
+        else:
+            kind = node.op if not is_elementwise(node) else "elementwise"
+            self.steps.append(Step(kind, node, view, list(node.inputs)))
+
+    def _finish_outputs(self, out_taken):
+        for k, o in enumerate(self.outputs):
+            buf = self.output_buffers[k]
+            if self.root.get(o) is buf:
+                continue
+            view = self.buffer_view(buf, self.shape(o), o.dtype)
+            self.steps.append(Step("copy", o, view, [o]))
+
+    def _finish_updates(self):
+        pending = []
+        written = {self.root.get(var) for var, _ in self.updates}
+        for var, value in self.updates:
+            if value in self.inplace_targets or value is var:
+                continue
+            if var not in self.views:
+                self._leaf(var)
+            src = self.views[value]
+            if not isinstance(src, Scalar) and self.root[value] in written:
+                # the value lives in another updated variable: take it before any write
+                buf = self.new_buffer("arena", self.shape(value), value.dtype)
+                tmp = self.buffer_view(buf, self.shape(value), value.dtype)
+                self.steps.append(Step("copy", value, tmp, [value]))
+                src = tmp
+            pending.append((var, src))
+        for var, src in pending:
+            self.steps.append(Step("copy", var, self.views[var], [src]))
+
+    # -- 3. memory -----------------------------------------------------------------------
+    def plan_memory(self) -> int:
+        """Place arena buffers by liveness (first fit, 64-byte aligned); return peak bytes."""
+        last_use, first_def = {}, {}
+        for i, step in enumerate(self.steps):
+            out_buf = self._buffer_of_view(step.out)
+            first_def.setdefault(out_buf.id, i)
+            last_use[out_buf.id] = max(last_use.get(out_buf.id, i), i)
+            for x in step.inputs:
+                buf = self._root_of(x)
+                if buf is not None:
+                    last_use[buf.id] = max(last_use.get(buf.id, i), i)
+        arena = [b for b in self.buffers if b.kind == "arena" and b.id in first_def]
+        arena.sort(key=lambda b: first_def[b.id])
+        live: list = []          # (end step, offset, size)
+        peak = 0
+        for buf in arena:
+            start = first_def[buf.id]
+            live = [x for x in live if x[0] >= start]
+            size = -(-max(buf.nbytes, 1) // ALIGN) * ALIGN
+            offset = 0
+            for _, off, sz in sorted(live, key=lambda x: x[1]):
+                if offset + size <= off:
+                    break
+                offset = max(offset, off + sz)
+            buf.offset = offset
+            live.append((last_use[buf.id], offset, size))
+            peak = max(peak, offset + size)
+        return peak
+
+    def _buffer_of_view(self, view: View) -> Buffer:
+        return self.buffers[view.slot]
+
+    def _root_of(self, x):
+        if isinstance(x, View):
+            return self.buffers[x.slot]
+        return self.root.get(x)
+
+    # -- 4. emission ---------------------------------------------------------------------
+    def assign_slots(self, arena_bytes):
+        n_fixed = len(self.inputs) + len(self.outputs)
+        storage = []
+        for buf in self.buffers:
+            if buf.kind == "storage":
+                buf.slot = n_fixed + len(storage)
+                storage.append(buf.node.storage.array)
+        self.arena_slot = n_fixed + len(storage)
+        self.work_slot = self.arena_slot + 1
+        for buf in self.buffers:
+            if buf.kind == "arena":
+                buf.slot = self.arena_slot
+        return storage
+
+    def final_view(self, view: View) -> View:
+        """A planning View (slot = buffer id) rewritten to (argument slot, element offset)."""
+        buf = self.buffers[view.slot]
+        extra = buf.offset // np.dtype(view.dtype).itemsize if buf.kind == "arena" else 0
+        return View(buf.slot, view.offset + extra, view.shape, view.strides, view.dtype)
+
+    def operand(self, x):
+        """A step input as a final View or a Scalar's value."""
+        v = x if isinstance(x, View) else self.views[x]
+        if isinstance(v, Scalar):
+            return v.value
+        return self.final_view(v)
+
+
+def lower(inputs, outputs, updates, sizes, threads: int = 1):
+    """Lower a graph for one binding of its symbolic sizes: returns (ir.Module, Plan)."""
+    low = Lowering(inputs, outputs, updates, sizes, threads)
+    order = low.schedule()
+    low.plan_views(order)
+    peak = low.plan_memory()
+    storage = low.assign_slots(peak)
+    KM.set_workspace_slot(low.work_slot)
+    module = ir.Module(name="graphdl")
+    module.triple = target.host()["triple"]
+    kernels = [emit_step(module, low, i, step) for i, step in enumerate(low.steps)]
+    emit_main(module, kernels, low.threads)
+    work = _workspace_bytes(kernels)
+    plan = Plan(len(inputs), [low.shape(o) for o in outputs], [o.dtype for o in outputs],
+                storage, peak, work, _label_checks(low), kernels, peak, low.inplace)
+    return module, plan
+
+
+def _workspace_bytes(kernels) -> int:
+    return max([k.detail.get("workspace_bytes", 0) for k in kernels] + [64])
+
+
+def _label_checks(low) -> list:
+    """Graph inputs used as labels/indices, with the bound they must stay below."""
+    checks = []
+    for step in low.steps:
+        node = step.node
+        if step.kind == "one_hot":
+            bound, idx = node.attr("num_classes"), node.inputs[0]
+        elif step.kind in ("gather", "scatter_add"):
+            axis = node.attr("axis")
+            bound = (low.shape(node.inputs[0])[axis] if step.kind == "gather"
+                     else low.shape(node)[axis])
+            idx = node.inputs[1]
+        else:
+            continue
+        buf = low.root.get(idx)
+        if buf is not None and buf.kind == "input":
+            checks.append((buf.slot, int(bound)))
+        elif buf is not None and buf.kind == "storage":
+            values = buf.node.storage.array
+            if values.size and (values.min() < 0 or values.max() >= bound):
+                raise ValueError(f"{step.kind}: constant index out of range [0, {bound})")
+    return checks
+
+
+def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
+    """Emit the kernel of one step."""
+    name = f"k{i}_{step.kind}"
+    out = low.final_view(step.out)
+    node = step.node
+    label = f"{step.kind} {node.op} {node.site}" if node is not None else step.kind
+    if step.kind == "fill":
+        return K.emit_fill(module, name, out, step.attrs["value"], label)
+    if step.kind == "copy":
+        return K.emit_elementwise(module, name, out, [low.operand(step.inputs[0])], I[0],
+                                  label)
+    if step.kind == "elementwise":
+        expr = stabilize(node_expr(node))
+        return K.emit_elementwise(module, name, out, [low.operand(x) for x in node.inputs],
+                                  expr, label)
+    ops = [low.operand(x) for x in node.inputs]
+    ops = [x if isinstance(x, View) else low.final_view(low.view_of(n))
+           for x, n in zip(ops, node.inputs)]
+    if step.kind in ("sum", "max"):
+        return K.emit_reduce(module, name, out, ops[0], node.attr("axes"), step.kind, label)
+    if step.kind == "matmul":
+        return KM.emit_matmul(module, name, out, ops[0], ops[1], low.threads, label)
+    if step.kind == "argmax":
+        return K.emit_argmax(module, name, out, ops[0], node.attr("axis"), label)
+    if step.kind == "one_hot":
+        return KI.emit_one_hot(module, name, out, ops[0], label)
+    if step.kind == "gather":
+        return KI.emit_gather(module, name, out, ops[0], ops[1], node.attr("axis"), label)
+    if step.kind == "scatter_add":
+        return KI.emit_scatter_add(module, name, out, ops[0], ops[1], node.attr("axis"), label)
+    if step.kind == "zero_one":
+        return K.emit_argmax(module, name, out, ops[0], 1, label, compare=ops[1])
+    if step.kind in VIEW_OPS:
+        src = ops[0]
+        if node.op == "reshape":
+            # a non-contiguous source: write its elements in row-major order, which is
+            # the reshaped tensor's order too
+            out = View.contiguous(out.slot, src.shape, out.dtype, out.offset)
+        else:
+            src = View(src.slot, src.offset, *_view_shape(node, src), src.dtype)
+        return K.emit_elementwise(module, name, out, [src], I[0], label)
+    raise NotImplementedError(f"the llvm backend has no kernel for op {step.kind!r}")
+
+
+def _view_shape(node, src: View):
+    """(shape, strides) of a view op applied to a source view (for a materializing copy)."""
+    v = {"transpose": lambda: src.transpose(node.attr("perm")),
+         "slice": lambda: src.slice(node.attr("spec")),
+         "stop_gradient": lambda: src}[node.op]()
+    return v.shape, v.strides
+
+
+def emit_main(module, kernels, threads: int) -> None:
+    """`void gd_main(i8** args)`: run the kernels in order."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [K.I8P.as_pointer()]), "gd_main")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    (args,) = fn.args
+    pfor = _parallel_for(module) if threads > 1 else None
+    ctx = b.bitcast(args, K.I8P)
+    for k in kernels:
+        f = module.get_global(k.name)
+        trips = ir.Constant(K.I64, k.trips)
+        if pfor is not None and k.parallel and k.trips > 1 and k.work >= PARALLEL_MIN_WORK:
+            b.call(pfor, [f, ctx, trips, ir.Constant(K.I64, 1)])
+        else:
+            b.call(f, [ctx, ir.Constant(K.I64, 0), trips])
+    b.ret_void()
+
+
+def _parallel_for(module):
+    from graphdl.codegen.llvm import threads
+    threads.declare_runtime(module)
+    return module.get_global("gd_parallel_for")
