@@ -54,7 +54,7 @@ from graphdl.ops import __all__ as _ops_all  # noqa: E402
 from graphdl.autodiff import grad  # noqa: E402
 from graphdl.function import Executable, Updates, function  # noqa: E402
 from graphdl.random import seed  # noqa: E402
-from graphdl import init, losses, optim, regularizers  # noqa: E402
+from graphdl import data, init, losses, metrics, optim, regularizers, schedules, select  # noqa: E402,E501
 from graphdl.explain import explain, to_dot  # noqa: E402
 from graphdl.gradcheck import check_grad  # noqa: E402
 
@@ -62,5 +62,5 @@ __all__ = [
     "ArgumentError", "BackendUnavailable", "DTypeError", "NotDifferentiableError",
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
     "state", "grad", "function", "Executable", "Updates", "seed", "init", "losses", "optim",
-    "regularizers", "explain", "to_dot", "check_grad", *_ops_all,
+    "regularizers", "data", "metrics", "schedules", "select", "explain", "to_dot", "check_grad", *_ops_all,
 ]

@@ -120,21 +120,24 @@ def compute_type(dtypes) -> ir.Type:
 
 # -- elementwise -----------------------------------------------------------------------------
 def emit_elementwise(module, name, out: View, inputs, expr, label="") -> Kernel:
-    """out[i] = expr(inputs[k][i]) over the output shape; inputs are Views or python scalars."""
-    subs, views, symbols = {}, [out], []
+    """out[i] = expr(inputs[k][i]) over the output shape; inputs are Views or Python numbers.
+
+    Numbers become IR constants of the kernel's type (never sympy Floats folded into the
+    expression: sympy would turn x / 7 into x * 0.142857..., which is not x / 7 in floats).
+    """
+    views, symbols, constants = [out], [], {}
     for k, v in enumerate(inputs):
         if isinstance(v, View):
             views.append(v.broadcast(out.shape))
             symbols.append(I[k])
         else:
-            subs[I[k]] = sp.sympify(v)
-    expr = expr.xreplace(subs) if subs else expr
+            constants[I[k]] = v
     shape, strides = collapse(out.shape, [v.strides for v in views])
     kb = KernelBuilder(module, name, views, writes=[0], label=label)
     ftype = compute_type([out.dtype] + [v.dtype for v in views[1:]])
 
     def body(idx):
-        values = {}
+        values = {sym: ir.Constant(ftype, float(c)) for sym, c in constants.items()}
         for k, sym in enumerate(symbols):
             values[sym] = kb.load(k + 1, element_index(kb.b, idx, strides[k + 1],
                                                        views[k + 1].offset))
