@@ -100,7 +100,8 @@ class Executable:
         >>> (out,) = f(np.zeros((32, 64), np.float32))
     """
 
-    def __init__(self, inputs, outputs, updates=None, backend=None, cast=False, name=None):
+    def __init__(self, inputs, outputs, updates=None, backend=None, cast=False, name=None,
+                 skip_passes=()):
         self.single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self.single else list(outputs)
         self.inputs = list(inputs)
@@ -113,7 +114,8 @@ class Executable:
         self.calls = 0
         start = time.perf_counter()
         compiler = _backend_compiler(self.backend)
-        self.program = compiler(self.inputs, self.outputs, self.updates)
+        options = {"skip_passes": frozenset(skip_passes)} if self.backend == "llvm" else {}
+        self.program = compiler(self.inputs, self.outputs, self.updates, **options)
         self.compile_seconds = time.perf_counter() - start
 
     def _check_inputs(self):
@@ -205,15 +207,17 @@ def _may_alias(array: np.ndarray) -> bool:
     return array.base is not None or not array.flags.owndata or not array.flags.writeable
 
 
-def function(inputs, outputs, updates=None, backend=None, cast=False, name=None) -> Executable:
+def function(inputs, outputs, updates=None, backend=None, cast=False, name=None,
+             skip_passes=()) -> Executable:
     """Compile `outputs` (and in-place `updates`) as a function of `inputs`.
 
     Returns a bare array when `outputs` is one tensor, a list when it is a list or tuple.
     `updates` is a list of (param or state, new value) pairs, or what `opt.updates` returns.
-    A float64 array given to a float32 input raises unless `cast=True`.
+    A float64 array given to a float32 input raises unless `cast=True`. `skip_passes`
+    names graph passes to switch off (see graphdl.passes.PASS_NAMES), to compare.
 
     Example:
         >>> f = gd.function([x], logits)
         >>> step = gd.function([x, y], [loss], updates=opt.updates(loss, params))
     """
-    return Executable(inputs, outputs, updates, backend, cast, name)
+    return Executable(inputs, outputs, updates, backend, cast, name, skip_passes)

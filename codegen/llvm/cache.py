@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import pathlib
 import tempfile
 
@@ -63,6 +64,26 @@ def compile_cached(ir_text: str):
     kernel = jit.compile_ir(ir_text, keep_object=True)
     _store(path, kernel.object_code)
     return kernel, False
+
+
+def load_entry(digest: str):
+    """(object code, metadata) stored under a graph fingerprint, or None."""
+    if not enabled():
+        return None
+    path = directory() / f"{digest}.graph.o"
+    try:
+        entry = pickle.loads(path.read_bytes())
+        os.utime(path)
+        return entry["object"], entry["meta"]
+    except Exception:           # missing, damaged, or from an incompatible version
+        return None
+
+
+def store_entry(digest: str, object_code: bytes, meta) -> None:
+    """Store object code and its call plan under a graph fingerprint."""
+    if enabled():
+        _store(directory() / f"{digest}.graph.o",
+               pickle.dumps({"object": object_code, "meta": meta}, protocol=4))
 
 
 def _store(path: pathlib.Path, data: bytes) -> None:

@@ -9,6 +9,7 @@ runs `gd_main` once: forward, backward and the in-place updates in a single nati
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from graphdl.codegen.llvm import cache, jit, runtime
 from graphdl.codegen.llvm.lower import lower
 from graphdl.errors import ArgumentError
+from graphdl.fingerprint import fingerprint
 
 log = logging.getLogger("graphdl.llvm")
 MAIN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -70,10 +72,11 @@ class Program:
 
     applies_updates = True
 
-    def __init__(self, inputs, outputs, updates):
+    def __init__(self, inputs, outputs, updates, skip_passes=frozenset()):
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.updates = tuple(updates)
+        self.skip_passes = frozenset(skip_passes)
         self.compiled: dict = {}
         self.history: list = []
         self._lock = threading.Lock()
@@ -94,25 +97,65 @@ class Program:
         start = time.perf_counter()
         runtime.ensure()
         threads = runtime.get_num_threads()
-        module, plan = lower(self.inputs, self.outputs, self.updates, sizes, threads)
-        lowered = time.perf_counter()
-        kernel, hit = cache.compile_cached(str(module))
-        done = time.perf_counter()
-        stats = {"sizes": dict(sizes), "lower_s": lowered - start, "llvm_s": done - lowered,
-                 "cache_hit": hit, "kernels": len(plan.kernels), "arena_bytes": plan.arena_bytes,
-                 "inplace_updates": plan.inplace_updates, "threads": threads}
+        extra = f"{sorted(sizes.items())}|threads={threads}|skip={sorted(self.skip_passes)}"
+        digest, leaves = fingerprint(self.inputs, self.outputs, self.updates, extra)
+        stats = {"sizes": dict(sizes), "threads": threads, "fingerprint": digest[:16]}
+        entry = cache.load_entry(digest)
+        if entry is not None:
+            kernel = jit.load_object(entry[0])
+            plan = _restore_plan(entry[1], leaves)
+            stats.update(cache_hit=True, passes=[], lower_s=0.0, passes_s=0.0,
+                         llvm_s=time.perf_counter() - start)
+        else:
+            kernel, plan = self._build(sizes, threads, stats)
+            cache.store_entry(digest, kernel.object_code, _portable_plan(plan, leaves))
+            stats["cache_hit"] = False
+        stats.update(kernels=len(plan.kernels), arena_bytes=plan.arena_bytes,
+                     inplace_updates=plan.inplace_updates,
+                     total_s=time.perf_counter() - start)
         reason = "first call" if not self.compiled else f"new sizes {dict(sizes)}"
-        log.info("llvm compile (%s): %d kernels, lower %.3fs, llvm %.3fs, cache %s", reason,
-                 len(plan.kernels), stats["lower_s"], stats["llvm_s"],
-                 "hit" if hit else "miss")
+        log.info("llvm compile (%s): %d kernels in %.3fs, cache %s", reason, len(plan.kernels),
+                 stats["total_s"], "hit" if stats["cache_hit"] else "miss")
         self.history.append({"reason": reason, **stats})
         return Compiled(kernel, plan, stats)
+
+    def _build(self, sizes, threads, stats):
+        from graphdl.passes import optimize
+        t0 = time.perf_counter()
+        report: list = []
+        values = optimize(list(self.outputs) + [v for _, v in self.updates],
+                          skip=self.skip_passes, report=report)
+        outputs = values[:len(self.outputs)]
+        updates = [(var, v) for (var, _), v in zip(self.updates, values[len(self.outputs):])]
+        t1 = time.perf_counter()
+        module, plan = lower(self.inputs, outputs, updates, sizes, threads)
+        ir_text = str(module)
+        t2 = time.perf_counter()
+        kernel = jit.compile_ir(ir_text, keep_object=True)
+        t3 = time.perf_counter()
+        stats.update(passes=report, passes_s=t1 - t0, lower_s=t2 - t1, llvm_s=t3 - t2,
+                     ir_lines=ir_text.count("\n"))
+        return kernel, plan
 
     def run(self, arrays, sizes):
         """Run outputs and updates; returns (outputs, None): updates are applied in place."""
         return self.for_sizes(sizes)(arrays), None
 
 
-def compile_program(inputs, outputs, updates) -> Program:
+def _portable_plan(plan, leaves):
+    """The plan with storage arrays replaced by leaf indices (or values, for constants the
+    passes created), so it can be stored and mapped onto another process's variables."""
+    position = {id(leaf.storage.array): k for k, leaf in enumerate(leaves)}
+    storage = [("leaf", position[id(a)]) if id(a) in position else ("value", a.copy())
+               for a in plan.storage]
+    return dataclasses.replace(plan, storage=storage)
+
+
+def _restore_plan(meta, leaves):
+    storage = [leaves[ref].storage.array if kind == "leaf" else ref for kind, ref in meta.storage]
+    return dataclasses.replace(meta, storage=storage)
+
+
+def compile_program(inputs, outputs, updates, skip_passes=frozenset()) -> Program:
     """The LLVM backend's compile step (lazy: machine code is made per concrete size)."""
-    return Program(inputs, outputs, updates)
+    return Program(inputs, outputs, updates, skip_passes)
