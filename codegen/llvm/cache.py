@@ -12,6 +12,7 @@ disables it. The folder is $GRAPHDL_CACHE_DIR, else ~/.cache/graphdl.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -33,6 +34,18 @@ def directory() -> pathlib.Path:
 def enabled() -> bool:
     """False when GRAPHDL_CACHE=0."""
     return os.environ.get("GRAPHDL_CACHE", "1") != "0"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of graphdl's own source: any change to the compiler invalidates the cache."""
+    import graphdl
+    h = hashlib.sha256()
+    roots = {pathlib.Path(graphdl.__file__).parent, pathlib.Path(__file__).parent.parent}
+    for root in sorted(roots):
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def key(ir_text: str) -> str:

@@ -125,28 +125,63 @@ def emit_elementwise(module, name, out: View, inputs, expr, label="") -> Kernel:
     Numbers become IR constants of the kernel's type (never sympy Floats folded into the
     expression: sympy would turn x / 7 into x * 0.142857..., which is not x / 7 in floats).
     """
-    views, symbols, constants = [out], [], {}
-    for k, v in enumerate(inputs):
-        if isinstance(v, View):
-            views.append(v.broadcast(out.shape))
-            symbols.append(I[k])
-        else:
-            constants[I[k]] = v
-    shape, strides = collapse(out.shape, [v.strides for v in views])
-    kb = KernelBuilder(module, name, views, writes=[0], label=label)
-    ftype = compute_type([out.dtype] + [v.dtype for v in views[1:]])
+    return emit_elementwise_group(module, name, [(out, list(inputs), expr)], label)
+
+
+def emit_elementwise_group(module, name, members, label="") -> Kernel:
+    """Several elementwise computations of one shape in one loop: [(out, inputs, expr)].
+
+    Member k may read what an earlier member wrote (the same View): it gets the value from
+    the register instead of memory. The caller guarantees that every buffer written in the
+    group is accessed through one and the same view (so iteration i touches only element i
+    of it), which makes the fused loop compute what the separate loops did.
+    """
+    shape = members[0][0].shape
+    views: list = []
+    slots: dict = {}
+
+    def slot_of(view):
+        key = (view.slot, view.offset, view.strides, view.dtype)
+        if key not in slots:
+            slots[key] = len(views)
+            views.append(view)
+        return slots[key]
+
+    plan = []
+    for out, inputs, expr in members:
+        out_k = slot_of(out)
+        ins = [(I[k], slot_of(v.broadcast(shape)) if isinstance(v, View) else v)
+               for k, v in enumerate(inputs)]
+        plan.append((out_k, ins, expr))
+    writes = sorted({p[0] for p in plan})
+    cshape, strides = collapse(shape, [v.strides for v in views])
+    kb = KernelBuilder(module, name, views, writes=writes, label=label)
 
     def body(idx):
-        values = {sym: ir.Constant(ftype, float(c)) for sym, c in constants.items()}
-        for k, sym in enumerate(symbols):
-            values[sym] = kb.load(k + 1, element_index(kb.b, idx, strides[k + 1],
-                                                       views[k + 1].offset))
-        result = ScalarEmitter(kb.b, ftype, values).emit(expr)
-        kb.store(0, element_index(kb.b, idx, strides[0], out.offset), result)
+        in_register: dict = {}
+        for out_k, ins, expr in plan:
+            dtypes = [views[out_k].dtype] + [views[v].dtype for _, v in ins if isinstance(v, int)]
+            ftype = compute_type(dtypes)
+            values = {}
+            for sym, v in ins:
+                if not isinstance(v, int):
+                    values[sym] = ir.Constant(ftype, float(v))
+                elif v in in_register:
+                    values[sym] = in_register[v]
+                else:
+                    values[sym] = kb.load(v, element_index(kb.b, idx, strides[v],
+                                                           views[v].offset))
+            result = ScalarEmitter(kb.b, ftype, values).emit(expr)
+            stored = convert(kb.b, result, views[out_k].dtype)
+            kb.b.store(stored, kb.b.gep(kb.pointers[out_k], [
+                element_index(kb.b, idx, strides[out_k], views[out_k].offset)]))
+            in_register[out_k] = stored
 
-    loop_nest(kb.b, shape, kb.begin, kb.end, body)
+    loop_nest(kb.b, cshape, kb.begin, kb.end, body)
     kb.finish()
-    return Kernel(name, shape[0], out.size * max(1, len(symbols)), label=label)
+    n_in = sum(1 for k in range(len(views)) if k not in writes)
+    return Kernel(name, cshape[0], members[0][0].size * max(1, n_in + len(writes)),
+                  label=label)
 
 
 def emit_fill(module, name, out: View, value, label="") -> Kernel:

@@ -384,7 +384,7 @@ def lower(inputs, outputs, updates, sizes, threads: int = 1):
     KM.set_workspace_slot(low.work_slot)
     module = ir.Module(name="graphdl")
     module.triple = target.host()["triple"]
-    kernels = [emit_step(module, low, i, step) for i, step in enumerate(low.steps)]
+    kernels = [emit_group(module, low, i, group) for i, group in enumerate(group_steps(low))]
     emit_main(module, kernels, low.threads)
     work = _workspace_bytes(kernels)
     plan = Plan(len(inputs), [low.shape(o) for o in outputs], [o.dtype for o in outputs],
@@ -418,6 +418,72 @@ def _label_checks(low) -> list:
             if values.size and (values.min() < 0 or values.max() >= bound):
                 raise ValueError(f"{step.kind}: constant index out of range [0, {bound})")
     return checks
+
+
+def _loop_member(low, step):
+    """(out View, operands, expr) of a step that is one elementwise loop, else None."""
+    if step.kind == "copy":
+        return low.final_view(step.out), [low.operand(step.inputs[0])], I[0]
+    if step.kind == "elementwise":
+        return (low.final_view(step.out), [low.operand(x) for x in step.node.inputs],
+                stabilize(node_expr(step.node)))
+    return None
+
+
+def _overlap(a: View, b: View) -> bool:
+    if a.slot != b.slot:
+        return False
+    size = np.dtype(a.dtype).itemsize
+
+    def extent(v):
+        last = v.offset + sum((d - 1) * s for d, s in zip(v.shape, v.strides) if d > 0)
+        return v.offset * size, (last + 1) * np.dtype(v.dtype).itemsize
+    (a0, a1), (b0, b1) = extent(a), extent(b)
+    return a0 < b1 and b0 < a1
+
+
+def _can_join(group, member) -> bool:
+    """Whether an elementwise loop may join a group: same shape, and every buffer written
+    in the group is only ever accessed through the view it is written with."""
+    shape = group[0][0].shape
+    if member[0].shape != shape or len(group) >= 8:
+        return False
+    members = group + [member]
+    writes = [m[0] for m in members]
+    reads = [v.broadcast(shape) for m in members for v in m[1] if isinstance(v, View)]
+    for w in writes:
+        for v in writes + reads:
+            if _overlap(w, v) and (v.offset, v.strides, v.dtype) != (w.offset, w.strides,
+                                                                     w.dtype):
+                return False
+    return True
+
+
+def group_steps(low) -> list:
+    """Steps in order, consecutive compatible elementwise loops merged into groups."""
+    groups, current = [], []
+    for step in low.steps:
+        member = _loop_member(low, step)
+        if member is not None and current and _can_join([m for _, m in current], member):
+            current.append((step, member))
+            continue
+        if current:
+            groups.append(current)
+        current = [(step, member)] if member is not None else []
+        if member is None:
+            groups.append([(step, None)])
+    if current:
+        groups.append(current)
+    return groups
+
+
+def emit_group(module, low, i: int, group) -> K.Kernel:
+    """Emit one kernel for a group of steps (one loop) or a single step."""
+    if len(group) == 1:
+        return emit_step(module, low, i, group[0][0])
+    label = "; ".join(f"{s.node.op} {s.node.site}" for s, _ in group)
+    return K.emit_elementwise_group(module, f"k{i}_group{len(group)}", [m for _, m in group],
+                                    label)
 
 
 def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
@@ -483,11 +549,17 @@ def emit_main(module, kernels, threads: int) -> None:
     for k in kernels:
         f = module.get_global(k.name)
         trips = ir.Constant(K.I64, k.trips)
-        if pfor is not None and k.parallel and k.trips > 1 and k.work >= PARALLEL_MIN_WORK:
+        if pfor is not None and uses_threads(k, threads):
             b.call(pfor, [f, ctx, trips, ir.Constant(K.I64, 1)])
         else:
             b.call(f, [ctx, ir.Constant(K.I64, 0), trips])
     b.ret_void()
+
+
+def uses_threads(kernel, threads: int) -> bool:
+    """Whether gd_main runs this kernel through the thread pool."""
+    return (threads > 1 and kernel.parallel and kernel.trips > 1
+            and kernel.work >= PARALLEL_MIN_WORK)
 
 
 def _parallel_for(module):

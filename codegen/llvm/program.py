@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from graphdl.codegen.llvm import cache, jit, runtime
+from graphdl.codegen.llvm import cache, jit, runtime, target
 from graphdl.codegen.llvm.lower import lower
 from graphdl.errors import ArgumentError
 from graphdl.fingerprint import fingerprint
@@ -62,6 +62,43 @@ class Compiled:
         return outs
 
 
+    def profile(self, arrays, repeat: int = 20) -> list:
+        """Time each kernel alone (µs, median of `repeat`); variables are restored after.
+
+        Returns dicts with the kernel's name, label (op and source line), threads used,
+        work (elements or flops/8) and microseconds, slowest first.
+        """
+        from graphdl.codegen.llvm.lower import uses_threads
+        saved = [a.copy() for a in self.plan.storage]
+        outs = [np.empty(s, dtype=d) for s, d in zip(self.plan.output_shapes,
+                                                       self.plan.output_dtypes)]
+        for k, a in enumerate(arrays):
+            self.args[k] = a.ctypes.data
+        for k, o in enumerate(outs):
+            self.args[self.out_slot + k] = o.ctypes.data
+        pfor = runtime.parallel_for_function()
+        body_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+        rows = []
+        threads = self.stats.get("threads", 1)
+        for k in self.plan.kernels:
+            address = self.kernel.address(k.name)
+            parallel = uses_threads(k, threads)
+            fn = body_type(address)
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                if parallel:
+                    pfor(address, self.args_ptr, k.trips, 1)
+                else:
+                    fn(self.args_ptr, 0, k.trips)
+                times.append(time.perf_counter() - t)
+            rows.append({"kernel": k.name, "label": k.label, "threads": threads if parallel
+                         else 1, "work": k.work, "us": float(np.median(times) * 1e6)})
+        for array, old in zip(self.plan.storage, saved):
+            np.copyto(array, old)
+        return sorted(rows, key=lambda r: -r["us"])
+
+
 def _aligned(array: np.ndarray) -> int:
     address = array.ctypes.data
     return address + (-address) % 64
@@ -97,7 +134,8 @@ class Program:
         start = time.perf_counter()
         runtime.ensure()
         threads = runtime.get_num_threads()
-        extra = f"{sorted(sizes.items())}|threads={threads}|skip={sorted(self.skip_passes)}"
+        extra = (f"{sorted(sizes.items())}|threads={threads}|skip={sorted(self.skip_passes)}"
+                 f"|{cache.code_version()}|{target.cache_identity()}")
         digest, leaves = fingerprint(self.inputs, self.outputs, self.updates, extra)
         stats = {"sizes": dict(sizes), "threads": threads, "fingerprint": digest[:16]}
         entry = cache.load_entry(digest)

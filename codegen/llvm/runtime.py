@@ -71,6 +71,12 @@ def declare_gemm(module: ir.Module, dtype: str) -> ir.Function:
     return ir.Function(module, fnty, name)
 
 
+def parallel_for_function():
+    """A ctypes callable of gd_parallel_for(body address, ctx, n, grain)."""
+    ensure()
+    return _threads().parallel_for
+
+
 def get_num_threads() -> int:
     """Threads the runtime uses for large kernels."""
     return _threads().get_num_threads()
