@@ -60,9 +60,32 @@ def _backend_compiler(name: str):
     raise ArgumentError(f"unknown backend {name!r}; choose 'llvm' or 'reference'")
 
 
+def set_num_threads(n: int) -> None:
+    """Use n threads for large kernels of the llvm backend (default: OMP_NUM_THREADS, else
+    the CPUs this process may use). Functions compiled later are specialized for it.
+
+    Example:
+        >>> gd.set_num_threads(1)
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of threads must be an int >= 1, got {n!r}")
+    from graphdl.codegen.llvm import runtime
+    runtime.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the llvm backend uses for large kernels.
+
+    Example:
+        >>> gd.get_num_threads()
+    """
+    from graphdl.codegen.llvm import runtime
+    return runtime.get_num_threads()
+
+
 def default_backend() -> str:
-    """The backend used when none is named: $GRAPHDL_BACKEND, else 'reference'."""
-    return os.environ.get("GRAPHDL_BACKEND", "reference")
+    """The backend used when none is named: $GRAPHDL_BACKEND, else 'llvm' (native code)."""
+    return os.environ.get("GRAPHDL_BACKEND", "llvm")
 
 
 def _normalize_updates(updates):

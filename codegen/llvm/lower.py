@@ -36,7 +36,7 @@ from graphdl.shapes import bind_dims
 
 VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient")
 ALIGN = 64
-PARALLEL_MIN_WORK = 1 << 15     # elements (or flops / 8) below which threads cost more
+PARALLEL_MIN_WORK = 1 << 18     # ~20-50 us of work: below it a fork-join costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -385,10 +385,12 @@ def lower(inputs, outputs, updates, sizes, threads: int = 1):
     module = ir.Module(name="graphdl")
     module.triple = target.host()["triple"]
     kernels = [emit_group(module, low, i, group) for i, group in enumerate(group_steps(low))]
-    emit_main(module, kernels, low.threads)
+    checks = _label_checks(low)
+    emit_main(module, kernels, low.threads,
+              [(slot, bound, low.buffers[slot].nbytes // 8) for slot, bound in checks])
     work = _workspace_bytes(kernels)
     plan = Plan(len(inputs), [low.shape(o) for o in outputs], [o.dtype for o in outputs],
-                storage, peak, work, _label_checks(low), kernels, peak, low.inplace)
+                storage, peak, work, checks, kernels, peak, low.inplace)
     return module, plan
 
 
@@ -538,12 +540,19 @@ def _view_shape(node, src: View):
     return v.shape, v.strides
 
 
-def emit_main(module, kernels, threads: int) -> None:
-    """`void gd_main(i8** args)`: run the kernels in order."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [K.I8P.as_pointer()]), "gd_main")
+def emit_main(module, kernels, threads: int, checks=()) -> None:
+    """`i32 gd_main(i8** args)`: check label ranges, then run the kernels in order.
+
+    Returns 0, or 1 + the index of the first check (slot, bound, count) that failed, before
+    any kernel ran: labels index memory, so they are checked in native code, up front.
+    """
+    i32 = ir.IntType(32)
+    fn = ir.Function(module, ir.FunctionType(i32, [K.I8P.as_pointer()]), "gd_main")
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     (args,) = fn.args
+    for j, (slot, bound, count) in enumerate(checks):
+        _emit_label_check(b, args, slot, bound, count, ir.Constant(i32, j + 1))
     pfor = _parallel_for(module) if threads > 1 else None
     ctx = b.bitcast(args, K.I8P)
     for k in kernels:
@@ -553,7 +562,33 @@ def emit_main(module, kernels, threads: int) -> None:
             b.call(pfor, [f, ctx, trips, ir.Constant(K.I64, 1)])
         else:
             b.call(f, [ctx, ir.Constant(K.I64, 0), trips])
-    b.ret_void()
+    b.ret(ir.Constant(i32, 0))
+
+
+def _emit_label_check(b, args, slot, bound, count, fail_code):
+    """Return fail_code from the function when any of `count` int64 labels is outside
+    [0, bound) (one unsigned comparison catches negatives too)."""
+    if count == 0:
+        return
+    ptr = b.bitcast(b.load(b.gep(args, [ir.Constant(K.I64, slot)])), K.I64.as_pointer())
+    pre = b.block
+    loop = b.append_basic_block(f"check{slot}.loop")
+    cont = b.append_basic_block(f"check{slot}.next")
+    bad = b.append_basic_block(f"check{slot}.bad")
+    done = b.append_basic_block(f"check{slot}.done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(K.I64)
+    i.add_incoming(ir.Constant(K.I64, 0), pre)
+    value = b.load(b.gep(ptr, [i]))
+    b.cbranch(b.icmp_unsigned(">=", value, ir.Constant(K.I64, bound)), bad, cont)
+    b.position_at_end(cont)
+    nxt = b.add(i, ir.Constant(K.I64, 1))
+    i.add_incoming(nxt, cont)
+    b.cbranch(b.icmp_signed("<", nxt, ir.Constant(K.I64, count)), loop, done)
+    b.position_at_end(bad)
+    b.ret(fail_code)
+    b.position_at_end(done)
 
 
 def uses_threads(kernel, threads: int) -> bool:

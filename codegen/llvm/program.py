@@ -22,7 +22,7 @@ from graphdl.errors import ArgumentError
 from graphdl.fingerprint import fingerprint
 
 log = logging.getLogger("graphdl.llvm")
-MAIN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+MAIN_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 
 
 class Compiled:
@@ -47,18 +47,19 @@ class Compiled:
 
     def __call__(self, arrays):
         plan = self.plan
-        for slot, bound in plan.label_checks:
-            labels = arrays[slot]
-            if labels.size and (labels.min() < 0 or labels.max() >= bound):
-                bad = labels[(labels < 0) | (labels >= bound)].ravel()[0]
-                raise ArgumentError(f"label/index {int(bad)} is out of range [0, {bound})")
         args = self.args
         for k, a in enumerate(arrays):
             args[k] = a.ctypes.data
         outs = [np.empty(s, dtype=d) for s, d in zip(plan.output_shapes, plan.output_dtypes)]
         for k, o in enumerate(outs):
             args[self.out_slot + k] = o.ctypes.data
-        self.main(self.args_ptr)
+        status = self.main(self.args_ptr)
+        if status:
+            slot, bound = plan.label_checks[status - 1]
+            labels = arrays[slot]
+            bad = labels[(labels < 0) | (labels >= bound)].ravel()[0]
+            raise ArgumentError(f"label/index {int(bad)} in input {slot} is out of range "
+                                f"[0, {bound})")
         return outs
 
 
