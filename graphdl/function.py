@@ -220,10 +220,63 @@ class Executable:
                 else np.array(o) for o, t in zip(outs, self.outputs)]
         return outs[0] if self.single else outs
 
+    def report(self, *arrays, profile: bool = False) -> str:
+        """What was compiled and how: backend, per batch size the compile stages (passes
+        with node counts, lowering, LLVM), cache hits, kernels, memory, threads.
+
+        With `profile=True` and example input arrays, also times every kernel alone.
+
+        Example:
+            >>> print(step.report())
+            >>> print(step.report(xb, yb, profile=True))
+        """
+        lines = [repr(self), f"compile (graph) {self.compile_seconds * 1e3:.1f} ms, "
+                             f"calls {self.calls}"]
+        history = getattr(self.program, "history", None)
+        if history is None:
+            lines.append("reference backend: the graph is interpreted with NumPy, no "
+                         "passes, no compilation")
+            return "\n".join(lines)
+        if not history:
+            lines.append("not compiled yet: native code is made at the first call "
+                         "(per batch size)")
+        for h in history:
+            lines.append(f"- sizes {h['sizes']} ({h['reason']}): cache "
+                         f"{'hit' if h['cache_hit'] else 'miss'}, total {h['total_s']:.3f} s"
+                         f" = passes {h['passes_s']:.3f} + lowering {h['lower_s']:.3f} + "
+                         f"llvm {h['llvm_s']:.3f}; {h['kernels']} kernels, arena "
+                         f"{h['arena_bytes'] / 2**20:.2f} MiB, {h['inplace_updates']} "
+                         f"in-place updates, {h['threads']} threads")
+            for p in h.get("passes", []):
+                lines.append(f"    pass {p['pass']:<17} nodes {p['nodes_before']:>5} -> "
+                             f"{p['nodes_after']:<5} {p['seconds'] * 1e3:7.1f} ms  "
+                             f"{_details(p.get('details', {}))}")
+        if profile:
+            if not arrays:
+                raise ArgumentError("report(profile=True) needs example input arrays")
+            checked, sizes = self._validate(arrays)
+            rows = self.program.for_sizes(sizes).profile(checked)
+            total = sum(r["us"] for r in rows)
+            lines.append(f"kernels (alone, median), {total:.1f} us in all:")
+            for r in rows:
+                lines.append(f"  {r['us']:9.1f} us  {r['threads']}T  {r['kernel']:<22} "
+                             f"{r['label'][:70]}")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         ins = ", ".join(t.name for t in self.inputs)
         return (f"<Executable {self.name}({ins}) -> {len(self.outputs)} output(s), "
                 f"{len(self.updates)} update(s), backend={self.backend!r}>")
+
+
+def _details(details: dict) -> str:
+    parts = []
+    for key, value in details.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} x{v}" for k, v in list(value.items())[:4])
+        if value not in ({}, "", 0, None):
+            parts.append(f"{key}: {value}")
+    return "; ".join(parts)[:120]
 
 
 def _may_alias(array: np.ndarray) -> bool:

@@ -78,7 +78,7 @@ def optimize(module_ref, speed_level: int = 3) -> None:
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
-    pto.loop_unrolling = True
+    pto.loop_unrolling = False   # halves object size and compile time; see docstring
     pb = llvm.create_pass_builder(tm, pto)
     pm = pb.getModulePassManager()
     with _LOCK:

@@ -106,3 +106,18 @@ def test_python_scalars_follow_the_float_tensor():
     x = gd.input("x", (3,))
     assert gd.where(x > 0, x, 0.0).dtype == "float32"
     assert gd.constant(0.5).dtype == "float32"
+
+
+def test_report_describes_compiles_passes_and_kernels():
+    x = gd.input("x", (None, 8))
+    W = gd.param("W", np.ones((8, 4), np.float32))
+    loss = gd.tanh(x @ W).sum()
+    f = gd.function([x], loss, updates=gd.optim.SGD(lr=0.1).updates(loss, [W]))
+    assert "not compiled yet" in f.report()
+    xs = np.ones((3, 8), np.float32)
+    f(xs)
+    text = f.report(xs, profile=True)
+    assert "sizes {'batch': 3}" in text and "fuse_elementwise" in text
+    assert "matmul" in text and " us " in text
+    ref = gd.function([x], loss, backend="reference")
+    assert "reference backend" in ref.report()
