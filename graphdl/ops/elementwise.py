@@ -37,12 +37,13 @@ def apply(name: str, *args, **params) -> Tensor:
     if extra:
         raise TypeError(f"{name} got unexpected parameter(s) {sorted(extra)}")
     shape = broadcast_shapes(*(t.shape for t in inputs), what=f"the inputs of {name}")
-    dtype = _result_dtype(op, inputs)
+    dtype = result_dtype(op, inputs)
     attrs = {p: float(v) for p, v in params.items()}
     return Tensor.make(name, inputs, attrs, shape, dtype)
 
 
-def _result_dtype(op, inputs) -> str:
+def result_dtype(op, inputs) -> str:
+    """The output dtype of an elementwise op on these inputs (raises DTypeError)."""
     if op.name == "where":
         if inputs[0].dtype != "bool":
             raise dtype_error(f"where: the condition must be bool, got {inputs[0].dtype} "

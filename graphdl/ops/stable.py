@@ -126,7 +126,10 @@ def _rewrite(e):
         return _rewrite(new)
     args = tuple(_rewrite(a) for a in e.args)
     if args != e.args:
-        e = e.func(*args)
+        # Rebuild without sympy's automatic simplification: it would cancel -y + (y + f)
+        # to f, a finite number where the original gives NaN (y = inf).
+        with sp.evaluate(False):
+            e = e.func(*args)
         new = _apply_rules(e)
         if new is not None:
             return _rewrite(new)
