@@ -52,8 +52,8 @@ from graphdl.graph import Graph, Tensor, constant, input, param, state  # noqa: 
 from graphdl.ops import *  # noqa: E402,F401,F403
 from graphdl.ops import __all__ as _ops_all  # noqa: E402
 from graphdl.autodiff import grad  # noqa: E402
-from graphdl.function import (Executable, Updates, function, get_num_threads,  # noqa: E402
-                              set_num_threads)
+from graphdl.function import (Executable, Updates, clear_cache, function,  # noqa: E402
+                              get_num_threads, set_num_threads)
 from graphdl.random import seed  # noqa: E402
 from graphdl import data, init, losses, metrics, optim, regularizers, schedules, select  # noqa: E402,E501
 from graphdl.explain import explain, to_dot  # noqa: E402
@@ -62,6 +62,6 @@ from graphdl.gradcheck import check_grad  # noqa: E402
 __all__ = [
     "ArgumentError", "BackendUnavailable", "DTypeError", "NotDifferentiableError",
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
-    "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads", "seed", "init", "losses", "optim",
+    "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads", "clear_cache", "seed", "init", "losses", "optim",
     "regularizers", "data", "metrics", "schedules", "select", "explain", "to_dot", "check_grad", *_ops_all,
 ]

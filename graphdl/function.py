@@ -73,6 +73,18 @@ def set_num_threads(n: int) -> None:
     runtime.set_num_threads(n)
 
 
+def clear_cache() -> int:
+    """Empty the on-disk cache of compiled code (returns the number of files removed).
+
+    The folder is $GRAPHDL_CACHE_DIR, else ~/.cache/graphdl; GRAPHDL_CACHE=0 disables it.
+
+    Example:
+        >>> gd.clear_cache()
+    """
+    from graphdl.codegen.llvm import cache
+    return cache.clear()
+
+
 def get_num_threads() -> int:
     """The number of threads the llvm backend uses for large kernels.
 

@@ -128,3 +128,56 @@ def test_new_batch_size_compiles_once_and_is_cached():
     for n in (2, 5, 2, 5):
         assert f(np.ones((n, 3), np.float32)).shape == (n, 3)
     assert len(f.program.compiled) == 2
+
+
+def test_fused_loop_is_vectorized_without_libm_calls():
+    from graphdl.codegen.llvm import jit, target
+    from graphdl.codegen.llvm.lower import lower
+    from graphdl.passes import optimize
+    x = gd.input("x", (None, 1024))
+    (y,) = optimize([x * gd.sigmoid(x) + 0.5 * gd.tanh(x) - gd.softplus(x)])
+    module, plan = lower([x], [y], [], {"batch": 64})
+    assert len(plan.kernels) == 1                        # one fused loop
+    text = jit.optimized_ir(str(module))
+    width = target.vector_bits() // 32
+    assert f"<{width} x float>" in text
+    for libm in ("@expf", "@logf", "@tanhf", "@log1pf", "@llvm.exp.", "@llvm.log."):
+        assert libm not in text
+
+
+def test_calls_from_several_python_threads_agree():
+    import threading
+    x = gd.input("x", (None, 64))
+    W = gd.param("W", RNG.standard_normal((64, 32)).astype(np.float32))
+    f = gd.function([x], gd.tanh(x @ W).sum(axis=1))
+    data = [RNG.standard_normal((16, 64)).astype(np.float32) for _ in range(4)]
+    expected = [np.tanh(d @ W.value).sum(axis=1) for d in data]
+    errors = []
+
+    def work(k):
+        for _ in range(50):
+            got = f(data[k])
+            if not np.allclose(got, expected[k], rtol=1e-4, atol=1e-4):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_clear_cache_and_recompile_from_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHDL_CACHE_DIR", str(tmp_path))
+    x = gd.input("x", (None, 3))
+    f = gd.function([x], gd.exp(x) * 3.0)
+    f(np.ones((2, 3), np.float32))
+    assert f.program.history[-1]["cache_hit"] is False
+    g = gd.function([x], gd.exp(x) * 3.0)
+    g(np.ones((2, 3), np.float32))
+    assert g.program.history[-1]["cache_hit"] is True
+    assert gd.clear_cache() >= 1
+    h = gd.function([x], gd.exp(x) * 3.0)
+    h(np.ones((2, 3), np.float32))
+    assert h.program.history[-1]["cache_hit"] is False
