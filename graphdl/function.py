@@ -145,6 +145,7 @@ class Executable:
         self.backend = backend or default_backend()
         self.updates, self.hooks = _normalize_updates(updates)
         self._check_inputs()
+        self._specs = self._fast_specs()
         self._lock = threading.Lock()
         self.calls = 0
         start = time.perf_counter()
@@ -170,7 +171,33 @@ class Executable:
                                 "the function's inputs")
 
     # -- calling -------------------------------------------------------------------------
+    def _fast_specs(self):
+        """Per input: (dtype, ndim, static dims, symbolic dims) for the fast check."""
+        specs = []
+        for t in self.inputs:
+            static = tuple((i, d) for i, d in enumerate(t.shape) if not isinstance(d, Dim))
+            symbolic = tuple((i, d.name) for i, d in enumerate(t.shape) if isinstance(d, Dim))
+            specs.append((np.dtype(t.dtype), t.ndim, static, symbolic))
+        return specs
+
     def _validate(self, args):
+        """(arrays, sizes) after checking every argument; the common case is checked with
+        a few comparisons, anything unusual goes through the careful path that explains."""
+        if len(args) == len(self._specs):
+            sizes = {}
+            for (dtype, ndim, static, symbolic), a in zip(self._specs, args):
+                if (type(a) is not np.ndarray or a.dtype != dtype or a.ndim != ndim
+                        or not a.flags.c_contiguous):
+                    break
+                shape = a.shape
+                if any(shape[i] != d for i, d in static) or any(
+                        sizes.setdefault(name, shape[i]) != shape[i] for i, name in symbolic):
+                    break
+            else:
+                return args, sizes
+        return self._validate_slow(args)
+
+    def _validate_slow(self, args):
         if len(args) != len(self.inputs):
             names = ", ".join(t.name for t in self.inputs)
             raise ArgumentError(f"{self.name} takes {len(self.inputs)} array(s) ({names}), "

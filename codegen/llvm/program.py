@@ -117,10 +117,14 @@ class Program:
         self.skip_passes = frozenset(skip_passes)
         self.compiled: dict = {}
         self.history: list = []
+        self._last = None
         self._lock = threading.Lock()
 
     def for_sizes(self, sizes) -> Compiled:
         """The compiled code for one binding of the symbolic dimensions (compiled once)."""
+        last = self._last
+        if last is not None and last[0] == sizes:
+            return last[1]
         key = tuple(sorted(sizes.items()))
         found = self.compiled.get(key)
         if found is None:
@@ -129,6 +133,7 @@ class Program:
                 if found is None:
                     found = self._compile(sizes)
                     self.compiled[key] = found
+        self._last = (dict(sizes), found)
         return found
 
     def _compile(self, sizes) -> Compiled:
