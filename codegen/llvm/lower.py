@@ -25,6 +25,7 @@ import networkx as nx
 import numpy as np
 
 from graphdl.codegen.llvm import kernels as K
+from graphdl.codegen.llvm import kernels_conv as KC
 from graphdl.codegen.llvm import kernels_index as KI
 from graphdl.codegen.llvm import kernels_matmul as KM
 from graphdl.codegen.llvm import target
@@ -34,7 +35,8 @@ from graphdl.ops.registry import I, is_elementwise, node_expr
 from graphdl.ops.stable import stabilize
 from graphdl.shapes import bind_dims
 
-VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient")
+VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient",
+            "windows")    # windows: sliding windows as strides (ops/conv.py)
 ALIGN = 64
 PARALLEL_MIN_WORK = 1 << 18     # ~20-50 us of work: below it a fork-join costs more than it saves
 
@@ -142,7 +144,11 @@ class Lowering:
             for r in others:
                 g.add_edge(r, u)
             self.inplace_targets[value] = var
-        order = list(nx.lexicographical_topological_sort(g))
+        # Among ready nodes, scalars first (step counters, bias corrections): then the big
+        # elementwise loops that need them sit next to each other and share one loop.
+        def priority(i):
+            return (0 if not nodes[i].shape else 1, i)
+        order = list(nx.lexicographical_topological_sort(g, key=priority))
         return [nodes[i] for i in order]
 
     def _readers(self, nodes) -> dict:
@@ -240,6 +246,8 @@ class Lowering:
             v = src.broadcast(shape)
         elif node.op == "slice":
             v = src.slice(node.attr("spec"))
+        elif node.op == "windows":
+            v = src.windows(node.attr("kernel"), node.attr("stride"), node.attr("dilation"))
         else:
             v = src
         if v is None:
@@ -461,21 +469,57 @@ def _can_join(group, member) -> bool:
     return True
 
 
+LOOKBACK = 6      # how many earlier kernels an elementwise loop may be moved across
+
+
+def _accesses(low, step, member):
+    """(reads, writes) of a step as final Views (numbers and workspaces left out)."""
+    if member is not None:
+        return [v for v in member[1] if isinstance(v, View)], [member[0]]
+    reads = []
+    for x in step.inputs:
+        v = x if isinstance(x, View) else low.views.get(x)
+        if isinstance(v, View):
+            reads.append(low.final_view(v))
+    return reads, [low.final_view(step.out)]
+
+
+def _independent(a, b) -> bool:
+    """Whether two steps' (reads, writes) may be reordered: no write meets a read or write."""
+    (ra, wa), (rb, wb) = a, b
+    return not any(_overlap(w, v) for w in wa for v in rb + wb) and \
+        not any(_overlap(w, v) for w in wb for v in ra)
+
+
 def group_steps(low) -> list:
-    """Steps in order, consecutive compatible elementwise loops merged into groups."""
-    groups, current = [], []
+    """Steps in order, elementwise loops of one shape merged into groups.
+
+    A loop joins the group it follows directly, or an earlier group within LOOKBACK kernels
+    when it may be moved up across the kernels in between (no buffer conflicts): the Adam
+    update of a weight then runs as one loop even when a small step-counter loop was
+    scheduled between its parts.
+    """
+    groups: list = []            # each: list of (step, member); accesses kept alongside
+    accesses: list = []
     for step in low.steps:
         member = _loop_member(low, step)
-        if member is not None and current and _can_join([m for _, m in current], member):
-            current.append((step, member))
-            continue
-        if current:
-            groups.append(current)
-        current = [(step, member)] if member is not None else []
-        if member is None:
-            groups.append([(step, None)])
-    if current:
-        groups.append(current)
+        acc = _accesses(low, step, member)
+        target = None
+        if member is not None:
+            for j in range(len(groups) - 1, max(-1, len(groups) - 1 - LOOKBACK), -1):
+                group = groups[j]
+                if group[0][1] is not None and _can_join([m for _, m in group], member):
+                    target = j
+                    break
+                if not _independent(accesses[j], acc):
+                    break
+        if target is None:
+            groups.append([(step, member)])
+            accesses.append(acc)
+        else:
+            groups[target].append((step, member))
+            reads, writes = accesses[target]
+            accesses[target] = (reads + acc[0], writes + acc[1])
     return groups
 
 
@@ -520,6 +564,8 @@ def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
         return KI.emit_scatter_add(module, name, out, ops[0], ops[1], node.attr("axis"), label)
     if step.kind == "zero_one":
         return K.emit_argmax(module, name, out, ops[0], 1, label, compare=ops[1])
+    if step.kind in KC.KERNELS:     # unwindows, random_uniform (kernels_conv.py)
+        return KC.KERNELS[step.kind](module, name, out, ops, node, label)
     if step.kind in VIEW_OPS:
         src = ops[0]
         if node.op == "reshape":
@@ -536,7 +582,9 @@ def _view_shape(node, src: View):
     """(shape, strides) of a view op applied to a source view (for a materializing copy)."""
     v = {"transpose": lambda: src.transpose(node.attr("perm")),
          "slice": lambda: src.slice(node.attr("spec")),
-         "stop_gradient": lambda: src}[node.op]()
+         "stop_gradient": lambda: src,
+         "windows": lambda: src.windows(node.attr("kernel"), node.attr("stride"),
+                                        node.attr("dilation"))}[node.op]()
     return v.shape, v.strides
 
 
