@@ -22,9 +22,8 @@ I32 = ir.IntType(32)
 
 
 def _gemm_function(module, dtype):
-    from graphdl.codegen.llvm import gemm
-    return gemm.declare_gemm(module, dtype) if hasattr(gemm, "declare_gemm") else \
-        gemm.emit_gemm(module, dtype)
+    from graphdl.codegen.llvm import runtime
+    return runtime.declare_gemm(module, dtype)
 
 
 def workspace_elements(dtype: str) -> int:

@@ -136,9 +136,15 @@ class Program:
         self._last = (dict(sizes), found)
         return found
 
+    def _matmul_dtypes(self) -> tuple:
+        """The dtypes whose GEMM this graph (or its optimized form) may call."""
+        from graphdl.graph import toposort
+        nodes = toposort(list(self.outputs) + [v for _, v in self.updates])
+        return tuple(sorted({n.dtype for n in nodes if n.op == "matmul"}))
+
     def _compile(self, sizes) -> Compiled:
         start = time.perf_counter()
-        runtime.ensure()
+        runtime.ensure(self._matmul_dtypes())
         threads = runtime.get_num_threads()
         extra = (f"{sorted(sizes.items())}|threads={threads}|skip={sorted(self.skip_passes)}"
                  f"|{cache.code_version()}|{target.cache_identity()}")

@@ -9,7 +9,6 @@ OpenMP runtime this is process-wide state, kept in one place.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import llvmlite.binding as llvm
@@ -17,35 +16,38 @@ import llvmlite.ir as ir
 
 from graphdl.codegen.llvm import target
 
-_STATE: dict = {"kernel": None, "pid": None}
+_KERNELS: dict = {}          # dtype -> Kernel holding that dtype's GEMM
 _LOCK = threading.Lock()
 GEMM_DTYPES = ("float32", "float64")
 
 
-def _library_ir() -> str:
+def _gemm_ir(dtype: str) -> str:
     from graphdl.codegen.llvm import gemm
-    module = ir.Module(name="graphdl_runtime")
+    module = ir.Module(name=f"graphdl_gemm_{dtype}")
     module.triple = target.host()["triple"]
-    for dtype in GEMM_DTYPES:
-        gemm.emit_gemm(module, dtype)
+    gemm.emit_gemm(module, dtype)
     return str(module)
 
 
-def ensure() -> None:
-    """Compile (or load) the GEMM library and start the thread pool, once per process."""
-    if _STATE["kernel"] is not None and _STATE["pid"] == os.getpid():
+def ensure(dtypes=()) -> None:
+    """Start the thread pool and compile (or load) the GEMM of each dtype asked for.
+
+    Each dtype's GEMM is its own module, compiled the first time a graph needs it, so a
+    float32 model never pays for the float64 kernel.
+    """
+    _threads()                 # starts the pool (and registers gd_parallel_for)
+    missing = [d for d in dtypes if d not in _KERNELS]
+    if not missing:
         return
     with _LOCK:
-        if _STATE["kernel"] is not None:
-            return
         from graphdl.codegen.llvm import cache
-        kernel, _ = cache.compile_cached(_library_ir())
-        for dtype in GEMM_DTYPES:
+        for dtype in missing:
+            if dtype in _KERNELS:
+                continue
+            kernel, _ = cache.compile_cached(_gemm_ir(dtype))
             name = gemm_name(dtype)
             llvm.add_symbol(name, kernel.address(name))
-        _threads()             # starts the pool (and registers gd_parallel_for)
-        _STATE["kernel"] = kernel
-        _STATE["pid"] = os.getpid()
+            _KERNELS[dtype] = kernel
 
 
 def _threads():
@@ -65,9 +67,11 @@ def declare_gemm(module: ir.Module, dtype: str) -> ir.Function:
         return module.get_global(name)
     except KeyError:
         pass
-    from graphdl.codegen.llvm import gemm
-    scratch = ir.Module()
-    fnty = gemm.emit_gemm(scratch, dtype).function_type
+    t = (ir.FloatType() if dtype == "float32" else ir.DoubleType()).as_pointer()
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    # void gd_gemm(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, work): gemm.py
+    fnty = ir.FunctionType(ir.VoidType(), [i64, i64, i64, t, i64, i64, t, i64, i64, t, i64,
+                                           i32, t])
     return ir.Function(module, fnty, name)
 
 
