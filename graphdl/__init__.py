@@ -58,10 +58,14 @@ from graphdl.random import seed  # noqa: E402
 from graphdl import data, init, losses, metrics, optim, regularizers, schedules, select  # noqa: E402,E501
 from graphdl.explain import explain, to_dot  # noqa: E402
 from graphdl.gradcheck import check_grad  # noqa: E402
+from graphdl import checkpoint, train  # noqa: E402
+from graphdl.checkpoint import load, save  # noqa: E402
+from graphdl.train import EarlyStopping, History, Trainer, fit  # noqa: E402
 
 __all__ = [
     "ArgumentError", "BackendUnavailable", "DTypeError", "NotDifferentiableError",
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
     "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads", "clear_cache", "seed", "init", "losses", "optim",
-    "regularizers", "data", "metrics", "schedules", "select", "explain", "to_dot", "check_grad", *_ops_all,
+    "regularizers", "data", "metrics", "schedules", "select", "Trainer", "fit", "History",
+    "EarlyStopping", "save", "load", "train", "checkpoint", "explain", "to_dot", "check_grad", *_ops_all,
 ]

@@ -9,13 +9,14 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-NEEDS = {"mlp_digits.py": "sklearn"}
+NEEDS = {"mlp_digits.py": ("sklearn",), "model_selection.py": ("sklearn",),
+         "augmentation.py": ("sklearn", "matplotlib")}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path):
-    if path.name in NEEDS:
-        pytest.importorskip(NEEDS[path.name])
+    for module in NEEDS.get(path.name, ()):
+        pytest.importorskip(module)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
