@@ -57,6 +57,9 @@ from graphdl.function import (Executable, Updates, clear_cache, function,  # noq
 from graphdl.random import seed  # noqa: E402
 from graphdl import data, init, losses, metrics, optim, regularizers, schedules, select  # noqa: E402,E501
 from graphdl.explain import explain, to_dot  # noqa: E402
+from graphdl.dot import print_graph  # noqa: E402
+from graphdl.html import to_html  # noqa: E402
+from graphdl.nanguard import NaNError  # noqa: E402
 from graphdl.gradcheck import check_grad  # noqa: E402
 from graphdl import checkpoint, train  # noqa: E402
 from graphdl.checkpoint import load, save  # noqa: E402
@@ -67,5 +70,6 @@ __all__ = [
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
     "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads", "clear_cache", "seed", "init", "losses", "optim",
     "regularizers", "data", "metrics", "schedules", "select", "Trainer", "fit", "History",
-    "EarlyStopping", "save", "load", "train", "checkpoint", "explain", "to_dot", "check_grad", *_ops_all,
+    "EarlyStopping", "save", "load", "train", "checkpoint", "explain", "to_dot", "check_grad",
+    "print_graph", "to_html", "NaNError", *_ops_all,
 ]

@@ -10,11 +10,15 @@ summed back to the input's shape here (`unbroadcast`) and nowhere else.
 
 from __future__ import annotations
 
+import sympy as sp
+
 from graphdl.errors import NotDifferentiableError, dtype_error, shape_error
 from graphdl.graph import Tensor, as_tensor, constant, toposort
 from graphdl.ops import registry
+from graphdl.ops.scan import PROJECTIONS, OutputCotangents, use_backprop  # multi-output
 from graphdl.ops.elementwise import cast, fused_from_nodes
 from graphdl.ops.registry import GY, I, OUT
+from graphdl.ops.stable import StrongMul
 from graphdl.ops.structured import broadcast_to, reshape, sum
 from graphdl.shapes import FLOAT_DTYPES, format_shape, promote
 
@@ -64,17 +68,33 @@ def _seed(loss, grad_output):
 def backprop(root: Tensor, gy: Tensor, targets) -> dict:
     """Propagate the cotangent `gy` of `root` back; returns {node: gradient} for every node
     on a path from `targets` to `root`."""
-    nodes = toposort([root])
+    return backprop_seeds({root: gy}, targets)
+
+
+def backprop_seeds(seeds: dict, targets) -> dict:
+    """`backprop` from several roots at once ({root: its cotangent}, e.g. the outputs of a
+    scan body); returns {node: gradient} for every node on a path from `targets` to a root."""
+    nodes = toposort(list(seeds))
     relevant = _on_path(nodes, targets)
-    cotangents = {root: gy}
+    cotangents = dict(seeds)
     for node in reversed(nodes):
         g = cotangents.get(node)
         if g is None or node.is_leaf:
             continue
+        # -- multi-output nodes (graphdl/ops/scan.py) ---------------------------------------
+        # A projection hands its cotangent to the node it reads, keyed by the output it
+        # selects; that node's VJP rule then gets all of them (and which inputs need one).
+        if node.op in PROJECTIONS:
+            parts = cotangents.setdefault(node.inputs[0], OutputCotangents())
+            parts.add(node.attr("index"), g)
+            continue
+        # -- end multi-output nodes -----------------------------------------------------------
         needed = [k for k, x in enumerate(node.inputs)
                   if x in relevant and x.dtype in FLOAT_DTYPES]
         if not needed:
             continue
+        if isinstance(g, OutputCotangents):   # multi-output nodes (ops/scan.py)
+            g.needed = tuple(needed)
         grads = vjp(node, g, needed)
         for k in needed:
             if grads[k] is None:
@@ -115,8 +135,23 @@ def _elementwise_vjp(node, gy, needed):
     grads = [None] * len(node.inputs)
     for k in needed:
         d = registry.node_derivative(node, k)
-        grads[k] = fused_from_nodes(GY * d, symbols, dtype)
+        expr = GY * d
+        if _has_pole(d, node):
+            # A "strong zero": where no cotangent arrives (gy == 0, e.g. the unused branch
+            # of a where), the gradient is 0 even where the local derivative is infinite
+            # (log'(0) = 1/0), instead of 0 * inf = NaN leaking into every gradient.
+            expr = StrongMul(GY, d)
+        grads[k] = fused_from_nodes(expr, symbols, dtype)
     return tuple(grads)
+
+
+def _has_pole(d, node) -> bool:
+    """Whether a derivative can be infinite at a finite input: a negative power of
+    something that varies (not of constants only, such as the 1/n of a mean)."""
+    constant = {I[k] for k, x in enumerate(node.inputs) if x.op in ("constant", "dim_size")}
+    return any(isinstance(p, sp.Pow) and p.exp.is_negative and not p.base.is_number
+               and not p.base.free_symbols <= constant
+               for p in sp.preorder_traversal(d))
 
 
 def unbroadcast(g: Tensor, shape) -> Tensor:
@@ -130,3 +165,6 @@ def unbroadcast(g: Tensor, shape) -> Tensor:
                                 if d == 1 and g.shape[lead + i] != 1]
     reduced = sum(g, tuple(axes)) if axes else g
     return reshape(reduced, shape) if reduced.shape != tuple(shape) else reduced
+
+
+use_backprop(backprop_seeds)   # the VJP of scan differentiates its body (ops/scan.py)

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from graphdl import nanguard
 from graphdl.errors import ArgumentError, BackendUnavailable, dtype_error, shape_error
 from graphdl.graph import Tensor, as_tensor, toposort
 from graphdl.ops.elementwise import cast
@@ -136,7 +137,7 @@ class Executable:
     """
 
     def __init__(self, inputs, outputs, updates=None, backend=None, cast=False, name=None,
-                 skip_passes=()):
+                 skip_passes=(), nan_guard=False):
         self.single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self.single else list(outputs)
         self.inputs = list(inputs)
@@ -151,7 +152,12 @@ class Executable:
         start = time.perf_counter()
         compiler = _backend_compiler(self.backend)
         options = {"skip_passes": frozenset(skip_passes)} if self.backend == "llvm" else {}
+        self.nan_guard = bool(nan_guard)
+        if self.nan_guard:
+            options = nanguard.guard_options(self.backend, options)
         self.program = compiler(self.inputs, self.outputs, self.updates, **options)
+        if self.nan_guard:
+            self.program = nanguard.guarded(self.program, self.backend, self.inputs)
         self.compile_seconds = time.perf_counter() - start
 
     def _check_inputs(self):
@@ -323,16 +329,19 @@ def _may_alias(array: np.ndarray) -> bool:
 
 
 def function(inputs, outputs, updates=None, backend=None, cast=False, name=None,
-             skip_passes=()) -> Executable:
+             skip_passes=(), nan_guard=False) -> Executable:
     """Compile `outputs` (and in-place `updates`) as a function of `inputs`.
 
     Returns a bare array when `outputs` is one tensor, a list when it is a list or tuple.
     `updates` is a list of (param or state, new value) pairs, or what `opt.updates` returns.
     A float64 array given to a float32 input raises unless `cast=True`. `skip_passes`
     names graph passes to switch off (see graphdl.passes.PASS_NAMES), to compare.
+    `nan_guard=True` checks every node's result and raises gd.NaNError at the first NaN or
+    Inf, naming the op and its file:line, before any update is written (graphdl.nanguard;
+    on the llvm backend an instrumented build: unfused, kernel by kernel, slower).
 
     Example:
         >>> f = gd.function([x], logits)
         >>> step = gd.function([x, y], [loss], updates=opt.updates(loss, params))
     """
-    return Executable(inputs, outputs, updates, backend, cast, name, skip_passes)
+    return Executable(inputs, outputs, updates, backend, cast, name, skip_passes, nan_guard)

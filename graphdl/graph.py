@@ -120,6 +120,14 @@ class Tensor:
         label = f"{self.op} {self.name!r}" if self.name else self.op
         return f"Tensor({label}, shape={format_shape(self.shape)}, dtype={self.dtype})"
 
+    def _repr_latex_(self) -> str:  # notebooks show the formula: graphdl.explain, lazily
+        from graphdl.explain import tensor_repr_latex
+        return tensor_repr_latex(self)
+
+    def _repr_html_(self) -> str:
+        from graphdl.explain import tensor_repr_html
+        return tensor_repr_html(self)
+
     def __bool__(self):
         raise TypeError("the truth value of a symbolic Tensor is unknown until it runs; "
                         "use gd.where(...) for a data-dependent choice")

@@ -22,6 +22,8 @@ def seed(n: int) -> None:
         raise ValueError(f"seed must be a non-negative int, got {n!r}")
     _STATE["seed"] = int(n)
     _STATE["rng"] = np.random.default_rng(int(n))
+    from graphdl.ops import random as counter_random   # dropout masks (counter-based)
+    counter_random.set_seed(int(n))
 
 
 def current_seed() -> int:

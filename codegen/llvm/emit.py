@@ -196,6 +196,12 @@ class ScalarEmitter:
     def _emit_Softplus(self, e):
         return _math().emit_softplus(self.b, self.f(e.args[0]))
 
+    def _emit_StrongMul(self, e):
+        gy, d = self.f(e.args[0]), self.f(e.args[1])
+        zero = self.const(0.0)
+        product = self.b.fmul(gy, d, flags=FLAGS)
+        return self.b.select(self.b.fcmp_ordered("==", gy, zero), zero, product)
+
     def _emit_erf(self, e):
         return _math().emit_erf(self.b, self.f(e.args[0]))
 
@@ -264,6 +270,10 @@ class ScalarEmitter:
 
     def _emit_Or(self, e):
         return functools.reduce(self.b.or_, [self.as_bool(self.emit(a)) for a in e.args])
+
+    def _emit_ITE(self, e):
+        cond, then, other = (self.as_bool(self.emit(a)) for a in e.args)
+        return self.b.select(cond, then, other)
 
     def _emit_Not(self, e):
         return self.b.not_(self.as_bool(self.emit(e.args[0])))

@@ -77,6 +77,22 @@ class View:
             strides.append(s * step)
         return View(self.slot, offset, tuple(shape), tuple(strides), self.dtype)
 
+    def windows(self, kernel, stride, dilation) -> "View":
+        """Sliding windows of the last len(kernel) axes: (..., *S) -> (..., *K, *O), no copy.
+
+        Element [..., k, o] is element [..., o*stride + k*dilation] of this view, so the
+        window axes get strides dilation*s and the output axes stride*s (graphdl.ops.conv).
+        """
+        d = len(kernel)
+        lead = len(self.shape) - d
+        spatial, steps = self.shape[lead:], self.strides[lead:]
+        out = tuple((n - dl * (k - 1) - 1) // st + 1
+                    for n, k, st, dl in zip(spatial, kernel, stride, dilation))
+        strides = (self.strides[:lead] + tuple(s * dl for s, dl in zip(steps, dilation))
+                   + tuple(s * st for s, st in zip(steps, stride)))
+        return View(self.slot, self.offset, self.shape[:lead] + tuple(kernel) + out,
+                    strides, self.dtype)
+
     def reshape(self, shape) -> "View | None":
         """The view in another shape, or None when the elements are not contiguous."""
         if not self.is_contiguous:

@@ -12,6 +12,12 @@ The walk (each step a plain function of the previous one's result):
 4. `emit`       one kernel per materialized node, and `gd_main(i8** args)` calling them in
                 order (through the thread pool when a kernel is large enough).
 
+An instrumented build (`instrument=True`, what gd.function(..., nan_guard=True) asks for)
+writes no update in place and merges no loops, so every kernel computes exactly one node
+and every variable is written only by the copies at the very end; the plan then lists, per
+kernel, the node and the views of its output and inputs (`Plan.probes`), so graphdl.nanguard
+can run the kernels one by one and check each result before anything is committed.
+
 The argument array `args` holds one pointer per slot: the inputs, the outputs, every
 param/state/constant buffer, the arena and the GEMM workspace.
 """
@@ -86,12 +92,15 @@ class Plan:
     kernels: list
     peak_bytes: int = 0
     inplace_updates: int = 0
+    probes: list = field(default_factory=list)   # instrumented: (node, out, inputs) per kernel
 
 
 class Lowering:
     """State of one lowering (one graph, one binding of the symbolic sizes)."""
 
-    def __init__(self, inputs, outputs, updates, sizes, threads: int = 1):
+    def __init__(self, inputs, outputs, updates, sizes, threads: int = 1,
+                 instrument: bool = False):
+        self.instrument = instrument
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.updates = list(updates)
@@ -135,7 +144,7 @@ class Lowering:
         read_at_end = {origin[v] for v in values if v in origin}
         self.inplace_targets = {}
         for var, value in self.updates:
-            if var in read_at_end or not self._inplace_candidate(var, value):
+            if self.instrument or var in read_at_end or not self._inplace_candidate(var, value):
                 continue
             u = index[value]
             others = [index[r] for r in readers.get(var, ()) if r is not value]
@@ -199,6 +208,9 @@ class Lowering:
                                           node.dtype)
             elif node.op in VIEW_OPS and self._view(node):
                 pass
+            elif node.op in ("scan", "scan_get"):      # loops: codegen/llvm/scan.py
+                from graphdl.codegen.llvm import scan
+                scan.plan(self, node)
             else:
                 self._materialize(node, out_taken)
         self._finish_outputs(out_taken)
@@ -382,9 +394,12 @@ class Lowering:
         return self.final_view(v)
 
 
-def lower(inputs, outputs, updates, sizes, threads: int = 1):
-    """Lower a graph for one binding of its symbolic sizes: returns (ir.Module, Plan)."""
-    low = Lowering(inputs, outputs, updates, sizes, threads)
+def lower(inputs, outputs, updates, sizes, threads: int = 1, instrument: bool = False):
+    """Lower a graph for one binding of its symbolic sizes: returns (ir.Module, Plan).
+
+    `instrument=True`: one kernel per step, no in-place updates, and `Plan.probes`.
+    """
+    low = Lowering(inputs, outputs, updates, sizes, threads, instrument)
     order = low.schedule()
     low.plan_views(order)
     peak = low.plan_memory()
@@ -399,6 +414,9 @@ def lower(inputs, outputs, updates, sizes, threads: int = 1):
     work = _workspace_bytes(kernels)
     plan = Plan(len(inputs), [low.shape(o) for o in outputs], [o.dtype for o in outputs],
                 storage, peak, work, checks, kernels, peak, low.inplace)
+    if instrument:
+        plan.probes = [(step.node, low.final_view(step.out),
+                        [low.operand(x) for x in step.inputs]) for step in low.steps]
     return module, plan
 
 
@@ -443,11 +461,14 @@ def _loop_member(low, step):
 def _overlap(a: View, b: View) -> bool:
     if a.slot != b.slot:
         return False
-    size = np.dtype(a.dtype).itemsize
 
     def extent(v):
-        last = v.offset + sum((d - 1) * s for d, s in zip(v.shape, v.strides) if d > 0)
-        return v.offset * size, (last + 1) * np.dtype(v.dtype).itemsize
+        # bytes [first, last + 1); each view its own itemsize (one arena holds several
+        # dtypes), negative strides reaching below the offset
+        size = np.dtype(v.dtype).itemsize
+        first = v.offset + sum((d - 1) * s for d, s in zip(v.shape, v.strides) if s < 0 < d)
+        last = v.offset + sum((d - 1) * s for d, s in zip(v.shape, v.strides) if d > 0 < s)
+        return first * size, (last + 1) * size
     (a0, a1), (b0, b1) = extent(a), extent(b)
     return a0 < b1 and b0 < a1
 
@@ -497,8 +518,10 @@ def group_steps(low) -> list:
     A loop joins the group it follows directly, or an earlier group within LOOKBACK kernels
     when it may be moved up across the kernels in between (no buffer conflicts): the Adam
     update of a weight then runs as one loop even when a small step-counter loop was
-    scheduled between its parts.
+    scheduled between its parts. An instrumented build keeps every step its own kernel.
     """
+    if low.instrument:
+        return [[(step, None)] for step in low.steps]
     groups: list = []            # each: list of (step, member); accesses kept alongside
     accesses: list = []
     for step in low.steps:
@@ -547,6 +570,9 @@ def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
         expr = stabilize(node_expr(node))
         return K.emit_elementwise(module, name, out, [low.operand(x) for x in node.inputs],
                                   expr, label)
+    if step.kind == "scan":                           # loops: codegen/llvm/scan.py
+        from graphdl.codegen.llvm import scan
+        return scan.emit(module, low, i, step)
     ops = [low.operand(x) for x in node.inputs]
     ops = [x if isinstance(x, View) else low.final_view(low.view_of(n))
            for x, n in zip(ops, node.inputs)]

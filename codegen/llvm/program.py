@@ -110,11 +110,12 @@ class Program:
 
     applies_updates = True
 
-    def __init__(self, inputs, outputs, updates, skip_passes=frozenset()):
+    def __init__(self, inputs, outputs, updates, skip_passes=frozenset(), instrument=False):
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.updates = tuple(updates)
         self.skip_passes = frozenset(skip_passes)
+        self.instrument = instrument    # graphdl.nanguard's build: see lower.py
         self.compiled: dict = {}
         self.history: list = []
         self._last = None
@@ -139,7 +140,9 @@ class Program:
     def _matmul_dtypes(self) -> tuple:
         """The dtypes whose GEMM this graph (or its optimized form) may call."""
         from graphdl.graph import toposort
+        from graphdl.ops.scan import body_nodes
         nodes = toposort(list(self.outputs) + [v for _, v in self.updates])
+        nodes += body_nodes(nodes)              # the steps of loops (graphdl/ops/scan.py)
         return tuple(sorted({n.dtype for n in nodes if n.op == "matmul"}))
 
     def _compile(self, sizes) -> Compiled:
@@ -150,7 +153,8 @@ class Program:
                  f"|{cache.code_version()}|{target.cache_identity()}")
         digest, leaves = fingerprint(self.inputs, self.outputs, self.updates, extra)
         stats = {"sizes": dict(sizes), "threads": threads, "fingerprint": digest[:16]}
-        entry = cache.load_entry(digest)
+        # An instrumented plan holds graph nodes (its probes): never cached on disk.
+        entry = None if self.instrument else cache.load_entry(digest)
         if entry is not None:
             kernel = jit.load_object(entry[0])
             plan = _restore_plan(entry[1], leaves)
@@ -158,7 +162,8 @@ class Program:
                          llvm_s=time.perf_counter() - start)
         else:
             kernel, plan = self._build(sizes, threads, stats)
-            cache.store_entry(digest, kernel.object_code, _portable_plan(plan, leaves))
+            if not self.instrument:
+                cache.store_entry(digest, kernel.object_code, _portable_plan(plan, leaves))
             stats["cache_hit"] = False
         stats.update(kernels=len(plan.kernels), arena_bytes=plan.arena_bytes,
                      inplace_updates=plan.inplace_updates,
@@ -178,7 +183,7 @@ class Program:
         outputs = values[:len(self.outputs)]
         updates = [(var, v) for (var, _), v in zip(self.updates, values[len(self.outputs):])]
         t1 = time.perf_counter()
-        module, plan = lower(self.inputs, outputs, updates, sizes, threads)
+        module, plan = lower(self.inputs, outputs, updates, sizes, threads, self.instrument)
         ir_text = str(module)
         t2 = time.perf_counter()
         kernel = jit.compile_ir(ir_text, keep_object=True)
@@ -206,6 +211,10 @@ def _restore_plan(meta, leaves):
     return dataclasses.replace(meta, storage=storage)
 
 
-def compile_program(inputs, outputs, updates, skip_passes=frozenset()) -> Program:
-    """The LLVM backend's compile step (lazy: machine code is made per concrete size)."""
-    return Program(inputs, outputs, updates, skip_passes)
+def compile_program(inputs, outputs, updates, skip_passes=frozenset(),
+                    instrument=False) -> Program:
+    """The LLVM backend's compile step (lazy: machine code is made per concrete size).
+
+    `instrument=True` makes the build graphdl.nanguard runs kernel by kernel (lower.py).
+    """
+    return Program(inputs, outputs, updates, skip_passes, instrument)

@@ -18,6 +18,7 @@ from graphdl.ops.registry import I, is_elementwise, node_expr
 from graphdl.ops.stable import stabilize
 from graphdl.shapes import bind_dims
 from graphdl.codegen.reference.structured import STRUCTURED
+from graphdl.codegen.reference.scan import SCAN_OPS
 
 
 def _sigmoid(u):
@@ -31,8 +32,12 @@ def _softplus(u):
     return np.logaddexp(0, u)
 
 
-_MODULES = [{"Sigmoid": _sigmoid, "Softplus": _softplus, "expm1": np.expm1,
-             "log1p": np.log1p}, "numpy"]
+def _strong_mul(gy, d):
+    return np.where(gy == 0, np.zeros_like(gy * d), gy * d)
+
+
+_MODULES = [{"Sigmoid": _sigmoid, "Softplus": _softplus, "StrongMul": _strong_mul,
+             "expm1": np.expm1, "log1p": np.log1p}, "numpy"]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -55,6 +60,8 @@ def evaluate(node, arrays, sizes):
     """Evaluate one non-leaf node."""
     if is_elementwise(node):
         return evaluate_elementwise(node, arrays, sizes)
+    if node.op in SCAN_OPS:     # multi-output scan and its projections (scan.py)
+        return SCAN_OPS[node.op](node, arrays, sizes)
     out = STRUCTURED[node.op](node, sizes, *arrays)
     return np.asarray(out, dtype=node.dtype)
 

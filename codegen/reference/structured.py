@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.errors import ArgumentError
+from graphdl.ops.conv import numpy_windows
+from graphdl.ops.random import numpy_random_uniform
 from graphdl.shapes import bind_dims
 
 
@@ -100,6 +102,31 @@ def _zero_one(node, sizes, scores, labels):
     return np.argmax(scores, axis=1) != labels
 
 
+def _windows(node, sizes, x):
+    # a strided view (as_strided), copied so that nothing aliases x
+    return numpy_windows(x, node.attr("kernel"), node.attr("stride"),
+                         node.attr("dilation")).copy()
+
+
+def _unwindows(node, sizes, y):
+    kernel, stride, dilation = node.attr("kernel"), node.attr("stride"), node.attr("dilation")
+    out = np.zeros(bind_dims(node.attr("in_shape"), sizes), dtype=y.dtype)
+    d = len(kernel)
+    lead = (slice(None),) * (out.ndim - d)
+    outs = y.shape[y.ndim - d:]
+    for k in np.ndindex(*kernel):       # one strided add per kernel position
+        where = tuple(slice(kk * dl, kk * dl + (o - 1) * st + 1, st)
+                      for kk, dl, o, st in zip(k, dilation, outs, stride))
+        out[lead + where] += y[lead + k]
+    return out
+
+
+def _random_uniform(node, sizes, step):
+    shape = bind_dims(node.attr("shape"), sizes)
+    size = int(np.prod(shape, dtype=np.int64))
+    return numpy_random_uniform(node.attr("key"), int(step), size, node.dtype).reshape(shape)
+
+
 STRUCTURED = {
     "matmul": _matmul,
     "sum": _sum,
@@ -117,4 +144,7 @@ STRUCTURED = {
     "one_hot": _one_hot,
     "stop_gradient": _stop_gradient,
     "zero_one": _zero_one,
+    "windows": _windows,
+    "unwindows": _unwindows,
+    "random_uniform": _random_uniform,
 }

@@ -18,6 +18,15 @@ from graphdl.ops.indexing import (concat, gather, getitem, one_hot, scatter_add,
 from graphdl.ops.registry import all_ops, get
 from graphdl.ops.structured import (argmax, broadcast_to, dim_size, matmul, max, mean, min,
                                     reshape, sum, swapaxes, transpose)
+from graphdl.ops.conv import (conv, conv1d, conv2d, conv3d, conv_transpose, conv_transpose1d,
+                             conv_transpose2d, conv_transpose3d, pad, unwindows, windows)
+from graphdl.ops.norm import batch_norm, group_norm, instance_norm, layer_norm
+from graphdl.ops.pool import (avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, global_avg_pool,
+                             global_max_pool, max_pool, max_pool1d, max_pool2d, max_pool3d)
+from graphdl.ops.random import (drop_block, drop_connect, dropout, gaussian_dropout,
+                               random_step, random_uniform, random_updates, spatial_dropout)
+from graphdl.ops.scan import scan  # recurrence: scan.py, recurrent.py
+from graphdl.ops.recurrent import gru, lstm, rnn
 
 
 def _make_public(name: str, params=()):
@@ -138,4 +147,14 @@ __all__ = [
     "softmax", "log_softmax", "matmul", "sum", "mean", "max", "min", "argmax", "dim_size",
     "reshape", "transpose", "swapaxes", "broadcast_to", "concat", "gather", "scatter_add",
     "take", "one_hot", "stop_gradient", "getitem",
+    # convolution, pooling, normalization, randomness (conv.py, pool.py, norm.py, random.py)
+    "windows", "unwindows", "pad", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "max_pool", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool", "avg_pool1d",
+    "avg_pool2d", "avg_pool3d", "global_avg_pool", "global_max_pool",
+    "batch_norm", "layer_norm", "instance_norm", "group_norm",
+    "random_uniform", "random_step", "random_updates", "dropout", "drop_connect",
+    "gaussian_dropout", "spatial_dropout", "drop_block",
+    # recurrence (scan.py, recurrent.py)
+    "scan", "rnn", "lstm", "gru",
 ]

@@ -49,6 +49,30 @@ class Softplus(sp.Function):
         return sp.log(1 + sp.exp(u))
 
 
+class StrongMul(sp.Function):
+    """gy * d with a strong zero: 0 where gy == 0, even where d is infinite or NaN.
+
+    Autodiff uses it for derivatives with a pole (log'(x) = 1/x): the unused branch of a
+    `where` sends gy = 0, and 0 * inf would otherwise leak NaN into every gradient. A sympy
+    Function (not a Piecewise over Eq(gy, 0)) so that sympy never tries to simplify it.
+    """
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return self.args[1] if argindex == 1 else self.args[0]
+
+    def _eval_rewrite_as_Mul(self, gy, d, **kwargs):
+        return gy * d
+
+    def _sympystr(self, printer):
+        return "%s*(%s)" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+    def _latex(self, printer):
+        return r"%s \cdot \left(%s\right)" % (printer._print(self.args[0]),
+                                               printer._print(self.args[1]))
+
+
 def _exp_plus_one(base):
     """If base is 1 + exp(w), return w."""
     if isinstance(base, sp.Add) and len(base.args) == 2 and sp.S.One in base.args:

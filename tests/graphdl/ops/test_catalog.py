@@ -69,6 +69,13 @@ def _slice_node(a):
     return _slice(a, ((1, 3, 1), (3, None, -2)))
 
 
+def _scan_case(x, h, w):
+    """(final carry, stacked ys) of an RNN-like scan over x with carry h and weights w."""
+    (last,), (ys,) = gd.scan(lambda c, xs: ([gd.tanh(c[0] @ w + xs[0])], [c[0] * xs[0]]),
+                             [h], [x])
+    return last, ys
+
+
 # name -> (builder over float64 inputs, input shapes)
 STRUCTURED_CASES = {
     "matmul": (lambda a, b: a @ b, [(2, 3, 4), (4, 5)]),
@@ -88,6 +95,16 @@ STRUCTURED_CASES = {
     "one_hot": (lambda a: a * gd.one_hot(gd.constant(np.array([1, 0, 3])), 4, "float64"),
                 [(3, 4)]),
     "stop_gradient": (lambda a: a * gd.stop_gradient(a), [(3, 4)]),
+    # convolution and randomness primitives (graphdl/ops/conv.py, graphdl/ops/random.py)
+    "windows": (lambda a: gd.windows(a, (3, 2), stride=(2, 1), dilation=(1, 2)),
+                [(2, 3, 7, 6)]),
+    "unwindows": (lambda a: gd.unwindows(a, (2, 3), (2, 1), (1, 1), (2, 5, 6)),
+                  [(2, 2, 3, 2, 4)]),
+    "random_uniform": (lambda a: a * gd.random_uniform((3, 4), step=5, seed=1,
+                                                       dtype="float64"), [(3, 4)]),
+    # loops (graphdl/ops/scan.py): the stacked ys, and a projection (the final carry)
+    "scan": (lambda x, h, w: _scan_case(x, h, w)[1], [(4, 2, 3), (2, 3), (3, 3)]),
+    "scan_get": (lambda x, h, w: _scan_case(x, h, w)[0], [(4, 2, 3), (2, 3), (3, 3)]),
 }
 
 
