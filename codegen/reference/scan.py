@@ -15,7 +15,6 @@ import numpy as np
 
 from graphdl.shapes import bind_dims
 
-
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 

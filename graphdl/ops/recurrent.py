@@ -220,4 +220,4 @@ def gru(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, bidirectional: bool = False,
     return out, (_stack_states(hs) if stacked else hs[0])
 
 
-__all__ = ["rnn", "lstm", "gru"]
+__all__ = ["gru", "lstm", "rnn"]

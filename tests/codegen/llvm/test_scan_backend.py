@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 import pytest
-
-import graphdl as gd
 from graphdl.codegen.llvm import jit
 from graphdl.codegen.llvm.lower import lower
+
+import graphdl as gd
 from graphdl.passes import optimize
 
 RNG = np.random.default_rng(5)
@@ -95,7 +95,7 @@ def test_recurrent_layers_match_the_reference(kind, stacked):
     args = [[w[k] for w in layers] for k in range(4)]
     args = args if stacked else [a[0] for a in args]
     if kind == "lstm":
-        out, (h, c) = gd.lstm(x, None, None, *args)
+        out, (h, _) = gd.lstm(x, None, None, *args)
     else:
         out, h = getattr(gd, kind)(x, None, *args, bidirectional=stacked)
     loss = (out * out).sum() + (h * h).sum()
@@ -149,3 +149,57 @@ def test_compiled_code_does_not_grow_with_T():
     print(f"lowering + LLVM at T = 28, 128, 512: {seconds[0]:.2f}, ({seconds[1]:.2f} "
           f"lowering only), {seconds[2]:.2f} s")
     assert sizes[0] == sizes[1] == sizes[2], sizes
+
+
+@pytest.fixture
+def two_threads():
+    before = gd.get_num_threads()
+    gd.set_num_threads(2)
+    yield
+    gd.set_num_threads(before)
+
+
+def _scan_labels(f, n):
+    return [k.label for k in f.program.for_sizes({"batch": n}).plan.kernels
+            if k.name.endswith("_scan")]
+
+
+def test_row_parallel_scans_match_the_reference(two_threads):
+    n, T, I, H = 32, 5, 6, 48
+    ps = [gd.param(f"w{k}", RNG.uniform(-0.3, 0.3, s)) for k, s in
+          enumerate(((4 * H, I), (4 * H, H), (4 * H,), (4 * H,)))]
+    x = gd.input("x", (None, T, I), "float64")
+    out, (h, c) = gd.lstm(x, None, None, *ps)
+    loss = (out * out).sum() + (h * c).sum()
+    outputs = [out, h, loss] + gd.grad(loss, ps + [x])
+    _both([x], outputs, RNG.standard_normal((n, T, I)))
+    f = gd.function([x], outputs)
+    f(RNG.standard_normal((n, T, I)))
+    labels = _scan_labels(f, n)
+    assert len(labels) == 2 and all("2 row blocks" in label for label in labels), labels
+
+
+def test_bodies_that_mix_rows_stay_serial(two_threads):
+    n, H = 32, 64
+    x = gd.input("x", (6, None, H), "float64")
+    W = gd.param("W", RNG.standard_normal((H, H)) * 0.1)
+    (h,), (ys,) = gd.scan(lambda c, s: ([gd.tanh(c[0] @ W + s[0]) - c[0].mean(axis=0)],
+                                        [c[0]]),
+                          [gd.broadcast_to(gd.constant(0.0, "float64"), (None, H))], [x])
+    loss = (ys * ys).sum() + (h * h).sum()
+    outputs = [h, ys] + gd.grad(loss, [W, x])
+    _both([x], outputs, RNG.standard_normal((6, n, H)))
+    f = gd.function([x], outputs)
+    f(RNG.standard_normal((6, n, H)))
+    assert not any("row blocks" in label for label in _scan_labels(f, n))
+
+
+def test_indexing_with_step_values_inside_a_body_is_refused_clearly():
+    labels = gd.input("labels", (4, 3), "int64")
+    (h,), _ = gd.scan(lambda c, s: ([c[0] + gd.one_hot(s[0], 5, "float64")], []),
+                      [gd.constant(np.zeros((3, 5)))], [labels])
+    value = np.array([[0, 1, 2]] * 4)
+    np.testing.assert_array_equal(gd.function([labels], h, backend="reference")(value)[0],
+                                  [4, 0, 0, 0, 0])
+    with pytest.raises(NotImplementedError, match="outside the scan"):
+        gd.function([labels], h, backend="llvm")(value)

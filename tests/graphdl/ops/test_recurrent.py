@@ -138,7 +138,7 @@ def test_many_to_one_last_output_is_the_final_state():
 def test_relu_rnn_and_bad_arguments():
     weights = _weights("rnn", 1, 1)[0]
     x = gd.input("x", (None, T, I), "float64")
-    out, h = gd.rnn(x, None, *[gd.constant(w) for w in weights], nonlinearity="relu")
+    _, h = gd.rnn(x, None, *[gd.constant(w) for w in weights], nonlinearity="relu")
     xv = RNG.standard_normal((N, T, I))
     hv = np.zeros((N, H))
     for t in range(T):
