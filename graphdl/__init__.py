@@ -61,7 +61,7 @@ from graphdl.dot import print_graph  # noqa: E402
 from graphdl.html import to_html  # noqa: E402
 from graphdl.nanguard import NaNError  # noqa: E402
 from graphdl.gradcheck import check_grad  # noqa: E402
-from graphdl import checkpoint, train  # noqa: E402
+from graphdl import checkpoint, nn, train  # noqa: E402
 from graphdl.checkpoint import load, save  # noqa: E402
 from graphdl.train import EarlyStopping, History, Trainer, fit  # noqa: E402
 
@@ -70,6 +70,6 @@ __all__ = [
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
     "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads", "clear_cache", "seed", "init", "losses", "optim",
     "regularizers", "data", "metrics", "schedules", "select", "Trainer", "fit", "History",
-    "EarlyStopping", "save", "load", "train", "checkpoint", "explain", "to_dot", "check_grad",
+    "EarlyStopping", "save", "load", "train", "checkpoint", "nn", "explain", "to_dot", "check_grad",
     "print_graph", "to_html", "NaNError", *_ops_all,
 ]

@@ -431,7 +431,7 @@ class Trainer:
     def __init__(self, loss: Tensor, params=None, inputs=None,
                  optimizer: Optimizer | None = None, metrics=None, output: Tensor | None = None,
                  backend: str | None = None, cast: bool = False,
-                 eval_loss: Tensor | None = None, eval_metrics=None):
+                 eval_loss: Tensor | None = None, eval_metrics=None, updates=None):
         for name, value in (("loss", loss), ("eval_loss", eval_loss)):
             if value is not None and (not isinstance(value, Tensor) or value.shape != ()):
                 raise ValueError(f"the {name} must be a scalar tensor, got {value!r}")
@@ -460,9 +460,14 @@ class Trainer:
                              "'val_' (those are history keys)")
         self.backend, self.cast = backend, cast
         # Random ops (dropout) read a step counter that must advance at every training call.
+        # `updates=` adds the model's own (batch-norm running statistics: model.updates()),
+        # which may already hold the dropout step counter: each variable is updated once.
+        own = list(updates or [])
         random_updates = getattr(_ops, "random_updates", None)
         extra = random_updates([loss]) if random_updates is not None else []
-        self.updates = self.optimizer.updates(loss, self.params) + extra
+        taken = {var for var, _ in own}
+        extra = [(var, value) for var, value in extra if var not in taken]
+        self.updates = self.optimizer.updates(loss, self.params) + own + extra
         self.epoch = 0              # completed epochs
         self.step = 0               # completed training steps
         self.batch_in_epoch = 0     # steps done in the current, unfinished epoch

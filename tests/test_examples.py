@@ -10,7 +10,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 NEEDS = {"mlp_digits.py": ("sklearn",), "model_selection.py": ("sklearn",),
-         "augmentation.py": ("sklearn", "matplotlib")}
+         "augmentation.py": ("sklearn", "matplotlib"), "cnn_digits.py": ("sklearn",),
+         "lstm_sequences.py": ("sklearn",)}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

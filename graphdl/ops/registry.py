@@ -74,9 +74,17 @@ def register(op: OpDef) -> OpDef:
 
 
 def elementwise(name: str, formula, *, symbols=(X,), params=(), d_out=None,
-                result="promote", differentiable=True, why_not="", doc="") -> OpDef:
-    """Declare an elementwise op by its sympy formula; derivatives come from sympy.diff."""
+                result="promote", differentiable=True, why_not="", doc="",
+                tidy=None) -> OpDef:
+    """Declare an elementwise op by its sympy formula; derivatives come from sympy.diff.
+
+    `tidy`, when given, is a sympy rewrite applied to each derivative (still derived, only
+    regrouped): pow uses sympy.powsimp, because diff(a**b, a) comes out as a**b*b/a, which
+    is 0*inf/0 = NaN at a = 0 where b*a**(b-1) is the right 0.
+    """
     derivatives = tuple(sp.diff(formula, s) for s in symbols) if differentiable else ()
+    if tidy is not None:
+        derivatives = tuple(tidy(d) for d in derivatives)
     return register(OpDef(name=name, kind="elementwise", doc=doc, symbols=tuple(symbols),
                           formula=formula, params=tuple(params), d_out=d_out, result=result,
                           differentiable=differentiable, why_not=why_not,

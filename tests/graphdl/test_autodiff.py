@@ -118,3 +118,10 @@ def test_regression_losses_match_closed_forms(loss_name):
             "lq": np.mean(np.abs(pv - tv) ** 1.5)}[loss_name]
     np.testing.assert_allclose(gd.function([p, t], fn())(pv, tv), want, rtol=1e-12)
     assert gd.check_grad(fn(), [p], feed={p: pv, t: tv})
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_square_gradient_at_zero_is_zero_not_nan(backend):
+    x = gd.input("x", (3,), "float64")
+    g = gd.function([x], gd.grad((x ** 2).sum(), x), backend=backend)(np.array([0.0, 1.0, -2.0]))
+    np.testing.assert_array_equal(g, [0.0, 2.0, -4.0])

@@ -1,0 +1,276 @@
+"""W2 gemm, kernel level: graphdl's packed GEMM (codegen/llvm/gemm.py) beside numpy.matmul.
+
+    python benchmarks/gemm_kernel.py [--sizes 256 1024 2048] [--runs 15] [--split m|n]
+
+C = A @ B, square, float32; GFLOP/s = 2 N^3 / t with t the median of --runs timed runs after
+a warm-up (a run repeats the call until it has taken about 20 ms, for N = 256). Columns:
+
+- graphdl 1T: one call of gd_gemm_f32 on the whole product.
+- graphdl 2T: the product split in two halves of rows (--split m) or columns (--split n); the
+  main thread and one persistent worker thread each call the ctypes function on one half
+  with its own workspace (ctypes releases the GIL during the call).
+- numpy: numpy.matmul in this process, with the environment as it is (OpenBLAS threads at
+  their default, 2 here), and numpy in a subprocess whose environment lacks
+  OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (these may be set on the shared machine and slow
+  OpenBLAS down), with its default threads and, when threadpoolctl is installed, 1 thread.
+
+The ratio columns divide graphdl by the faster of the two numpy figures of the same thread
+count, so that graphdl is held against the stronger baseline. The contenders take turns run
+by run (graphdl 1T, graphdl 2T, numpy, numpy clean, numpy clean 1T, then again), so that a
+change in the load of the shared machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from llvmlite import ir
+
+from graphdl.codegen.llvm import gemm, jit
+
+ARGTYPES = ([ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] * 2
+            + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p])
+RUN_SECONDS = 0.02
+UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def repeat_count(call) -> int:
+    """Calls per timed run: enough for about RUN_SECONDS (after a warm-up call)."""
+    call()
+    start = time.perf_counter()
+    call()
+    return max(1, int(RUN_SECONDS / max(time.perf_counter() - start, 1e-7)))
+
+
+def timed_run(call, repeat: int) -> float:
+    """Seconds per call over one run of `repeat` calls."""
+    start = time.perf_counter()
+    for _ in range(repeat):
+        call()
+    return (time.perf_counter() - start) / repeat
+
+
+def aligned_empty(elements: int, dtype) -> np.ndarray:
+    """An uninitialized array whose data starts on a 64-byte boundary."""
+    raw = np.empty(elements + 64, dtype)
+    offset = (-raw.ctypes.data % 64) // raw.itemsize
+    return raw[offset:offset + elements]
+
+
+class GraphdlGemm:
+    """gd_gemm_f32 compiled once, with a workspace per thread and a persistent worker."""
+
+    def __init__(self):
+        module = ir.Module(name="gemm_bench")
+        gemm.emit_gemm(module, "float32")
+        self.kernel = jit.compile_ir(str(module))   # keeps the machine code alive
+        self.fn = self.kernel.cfunc("gd_gemm_f32", None, *ARGTYPES)
+        self.works = [aligned_empty(gemm.workspace_elements("float32"), np.float32)
+                      for _ in range(2)]
+        self._go = threading.Semaphore(0)
+        self._done = threading.Semaphore(0)
+        self._job = None
+        self._worker = threading.Thread(target=self._serve, daemon=True)
+        self._worker.start()
+
+    def _serve(self):
+        while True:
+            self._go.acquire()
+            if self._job is None:
+                return
+            self.fn(*self._job)
+            self._done.release()
+
+    def close(self):
+        self._job = None
+        self._go.release()
+        self._worker.join()
+
+    def args(self, a, b, c, rows: slice, cols: slice, work) -> tuple:
+        """Arguments for C[rows, cols] = A[rows] @ B[:, cols] (all C-contiguous float32)."""
+        m = rows.stop - rows.start
+        n = cols.stop - cols.start
+        k = a.shape[1]
+        return (m, n, k, a[rows].ctypes.data, a.shape[1], 1,
+                b[:, cols.start:].ctypes.data, b.shape[1], 1,
+                c[rows, cols.start:].ctypes.data, c.shape[1], 0, work.ctypes.data)
+
+    def one_thread(self, a, b, c):
+        whole = self.args(a, b, c, slice(0, a.shape[0]), slice(0, b.shape[1]), self.works[0])
+        return lambda: self.fn(*whole)
+
+    def two_threads(self, a, b, c, split: str):
+        m, n = a.shape[0], b.shape[1]
+        # halves on a tile boundary: MR rows, or one vector (lanes) of columns
+        tile = gemm.blocking("float32")["MR" if split == "m" else "lanes"]
+        half = -(-((m if split == "m" else n) // 2) // tile) * tile
+        if split == "m":
+            parts = [(slice(0, half), slice(0, n)), (slice(half, m), slice(0, n))]
+        else:
+            parts = [(slice(0, m), slice(0, half)), (slice(0, m), slice(half, n))]
+        mine = self.args(a, b, c, *parts[0], self.works[0])
+        theirs = self.args(a, b, c, *parts[1], self.works[1])
+
+        def call():
+            self._job = theirs
+            self._go.release()
+            self.fn(*mine)
+            self._done.acquire()
+        return call
+
+
+NUMPY_WORKER = r"""
+import json, sys, time
+import numpy as np
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    threadpool_limits = None
+RUN_SECONDS = float(sys.argv[1])
+rng = np.random.default_rng(0)
+operands, repeats = {}, {}
+def one_run(n):
+    a, b = operands[n]
+    if n not in repeats:
+        np.matmul(a, b); t = time.perf_counter(); np.matmul(a, b)
+        repeats[n] = max(1, int(RUN_SECONDS / max(time.perf_counter() - t, 1e-7)))
+    t = time.perf_counter()
+    for _ in range(repeats[n]):
+        np.matmul(a, b)
+    return (time.perf_counter() - t) / repeats[n]
+for line in sys.stdin:
+    n, threads = map(int, line.split())
+    if n not in operands:
+        operands[n] = (rng.standard_normal((n, n), dtype=np.float32),
+                       rng.standard_normal((n, n), dtype=np.float32))
+    if not threads:
+        t = one_run(n)
+    elif threadpool_limits is None:
+        t = None
+    else:
+        with threadpool_limits(threads):
+            t = one_run(n)
+    print(json.dumps(t), flush=True)
+"""
+
+
+class NumpyElsewhere:
+    """numpy.matmul timed in a subprocess whose environment lacks OPENBLAS_CORETYPE and
+    OPENBLAS_L2_SIZE."""
+
+    def __init__(self):
+        env = {k: v for k, v in os.environ.items() if k not in UNSET}
+        self.proc = subprocess.Popen([sys.executable, "-c", NUMPY_WORKER, str(RUN_SECONDS)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env)
+
+    def time_run(self, n: int, threads: int = 0):
+        """Seconds per call in one run (None where a thread count cannot be set);
+        threads=0: OpenBLAS's default."""
+        self.proc.stdin.write(f"{n} {threads}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def gflops(n: int, seconds) -> float | None:
+    return None if seconds is None else 2.0 * n ** 3 / seconds / 1e9
+
+
+def check(a, b, c):
+    expect = a.astype(np.float64) @ b.astype(np.float64)
+    err = np.abs(c - expect).max() / (np.abs(a).max() * np.abs(b).max() * a.shape[1])
+    if err > 1e-5:
+        raise AssertionError(f"gd_gemm_f32 is wrong: relative error {err:.2e}")
+
+
+COLUMNS = ("graphdl 1T", "graphdl 2T", "numpy as-is", "numpy clean", "numpy clean 1T")
+
+
+def measure(sizes, runs: int, split: str) -> dict:
+    """{N: {column: median GFLOP/s}}. The contenders take turns run by run, so that a change
+    in the machine's load hits them alike."""
+    g = GraphdlGemm()
+    other = NumpyElsewhere()
+    rng = np.random.default_rng(0)
+    result = {}
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        c = np.empty((n, n), np.float32)
+        one, two = g.one_thread(a, b, c), g.two_threads(a, b, c, split)
+        one()
+        check(a, b, c)
+        c[:] = np.nan
+        two()
+        check(a, b, c)
+        local = lambda a=a, b=b: np.matmul(a, b)
+        repeats = {"graphdl 1T": repeat_count(one), "graphdl 2T": repeat_count(two),
+                   "numpy as-is": repeat_count(local)}
+        runs_of = {col: [] for col in COLUMNS}
+        for _ in range(runs):
+            runs_of["graphdl 1T"].append(timed_run(one, repeats["graphdl 1T"]))
+            runs_of["graphdl 2T"].append(timed_run(two, repeats["graphdl 2T"]))
+            runs_of["numpy as-is"].append(timed_run(local, repeats["numpy as-is"]))
+            runs_of["numpy clean"].append(other.time_run(n))
+            runs_of["numpy clean 1T"].append(other.time_run(n, threads=1))
+        result[n] = {col: (gflops(n, statistics.median(t)) if None not in t else None)
+                     for col, t in runs_of.items()}
+    g.close()
+    other.close()
+    return result
+
+
+def print_table(result: dict, split: str) -> None:
+    blk = gemm.blocking("float32")
+    print(f"gd_gemm_f32: MR x NR = {blk['MR']} x {blk['NR']}, KC = {blk['KC']}, "
+          f"MC = {blk['MC']}, NC = {blk['NC']}; 2T splits {split.upper()} in halves")
+    env = {k: os.environ.get(k) for k in UNSET}
+    print(f"environment: {', '.join(f'{k}={v}' for k, v in env.items())}")
+    cols = COLUMNS
+    head = f"{'N':>6} | " + " | ".join(f"{c:>14}" for c in cols)
+    head += f" | {'2T / numpy':>10} | {'1T / numpy 1T':>13}"
+    print(head)
+    print("-" * len(head))
+    fmt = lambda x: f"{x:14.1f}" if x is not None else f"{'-':>14}"
+    for n, row in result.items():
+        numpy2 = max(row["numpy as-is"], row["numpy clean"])
+        ratio2 = row["graphdl 2T"] / numpy2
+        ratio1 = (row["graphdl 1T"] / row["numpy clean 1T"]) if row["numpy clean 1T"] else None
+        line = f"{n:>6} | " + " | ".join(fmt(row[c]) for c in cols)
+        line += f" | {ratio2:10.2f} | " + (f"{ratio1:13.2f}" if ratio1 else f"{'-':>13}")
+        print(line)
+    print("GFLOP/s = 2 N^3 / t, medians. '2T / numpy' divides graphdl 2T by the faster of "
+          "numpy as-is and numpy clean (both on their default 2 threads); '1T / numpy 1T' "
+          "divides graphdl 1T by numpy clean limited to 1 thread (threadpoolctl).")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per figure (>= 5)")
+    parser.add_argument("--split", choices=("m", "n"), default="m")
+    args = parser.parse_args(argv)
+    print_table(measure(args.sizes, max(args.runs, 5), args.split), args.split)
+
+
+if __name__ == "__main__":
+    main()
