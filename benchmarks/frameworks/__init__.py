@@ -11,7 +11,7 @@ import importlib.util
 
 FRAMEWORKS = {
     "graphdl": ("fw_graphdl", {"BACKEND": "llvm"}, "graphdl",
-                ("W1", "W2", "W3", "W4", "W7")),
+                ("W1", "W2", "W3", "W4", "W5", "W6", "W7")),
     "graphdl-ref": ("fw_graphdl", {"BACKEND": "reference"}, "graphdl", ("W3", "W4")),
     "numpy": ("fw_numpy", {}, "numpy", ("W1", "W2", "W3", "W4")),
     "torch": ("fw_torch", {"MODE": "eager"}, "torch",
@@ -21,8 +21,8 @@ FRAMEWORKS = {
     "jax.jit": ("fw_jax", {}, "jax", ("W1", "W2", "W3", "W4", "W5", "W6", "W7")),
     "pytensor": ("fw_pytensor", {}, "pytensor", ("W1", "W2", "W3", "W4", "W7")),
 }
-# W5/W6 are not implemented in graphdl yet; the table shows "not available" for them.
-GRAPHDL_MISSING = ("W5", "W6")
+# Workloads graphdl cannot run yet (the table shows "not available"): none since W5/W6 landed.
+GRAPHDL_MISSING = ()
 
 
 def installed(name: str) -> bool:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from . import common as C
 
-WORKLOADS = ("W1", "W2", "W3", "W4")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 BACKEND = "llvm"
 
 
@@ -127,4 +129,40 @@ def run(workload, repeat, min_time):
         losses = [np.asarray(out[0]).item(), np.asarray(f(xs, ys)[0]).item()]
         timing = C.measure(lambda: f(xs, ys), repeat=repeat, min_time=min_time)
         return C.train_result(timing, losses, extra=comp)
+    if workload in ("W5", "W6"):
+        x, y, loss, ups, xs, ys = (cnn_step if workload == "W5" else lstm_step)(gd)
+        f, out, comp = _compile(
+            lambda: gd.function([x, y], [loss], updates=ups, backend=BACKEND), [xs, ys])
+        losses = [np.asarray(out[0]).item(), np.asarray(f(xs, ys)[0]).item()]
+        timing = C.measure(lambda: f(xs, ys), repeat=repeat, min_time=min_time)
+        return C.train_result(timing, losses, extra=comp)
     raise NotImplementedError(workload)
+
+
+def cnn_step(gd):
+    """W5: conv3x3 16 pad 1, ReLU, maxpool 2, conv3x3 32 pad 1, ReLU, maxpool 2, flatten,
+    dense 1568->10, cross-entropy, SGD momentum 0.9 lr 0.01 (gd.conv2d etc.)."""
+    params, xs, ys = C.w5_setup()
+    w1, b1, w2, b2, w3, b3 = [gd.param(f"p{k}", p.copy()) for k, p in enumerate(params)]
+    x = gd.input("x", (None, 1, 28, 28))
+    y = gd.input("y", (None,), dtype="int64")
+    h = gd.max_pool2d(gd.relu(gd.conv2d(x, w1, b1, padding=1)), 2)
+    h = gd.max_pool2d(gd.relu(gd.conv2d(h, w2, b2, padding=1)), 2)
+    logits = h.reshape(-1, 1568) @ w3 + b3
+    loss = gd.losses.cross_entropy(logits, y)
+    opt = gd.optim.SGD(lr=C.SGD_W5["lr"], momentum=C.SGD_W5["momentum"])
+    return x, y, loss, opt.updates(loss, [w1, b1, w2, b2, w3, b3]), xs, ys
+
+
+def lstm_step(gd):
+    """W6: one LSTM layer (T=28, input 28, hidden 128), last hidden -> dense 10,
+    cross-entropy, Adam lr 1e-3 (gd.lstm: a scan whose body is compiled once)."""
+    params, xs, ys = C.w6_setup()
+    w_ih, w_hh, b_ih, b_hh, w, b = [gd.param(f"p{k}", p.copy()) for k, p in enumerate(params)]
+    x = gd.input("x", (None, C.W6_T, C.W6_IN))
+    y = gd.input("y", (None,), dtype="int64")
+    _, (h_t, _) = gd.lstm(x, None, None, w_ih, w_hh, b_ih, b_hh)
+    loss = gd.losses.cross_entropy(h_t @ w + b, y)
+    h = C.ADAM
+    opt = gd.optim.Adam(lr=h["lr"], betas=(h["beta1"], h["beta2"]), eps=h["eps"])
+    return x, y, loss, opt.updates(loss, [w_ih, w_hh, b_ih, b_hh, w, b]), xs, ys
