@@ -261,8 +261,12 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
 
 
 # -- graphs -------------------------------------------------------------------------------
-def toposort(outputs) -> list:
-    """All nodes reachable from `outputs`, inputs before users (iterative, no recursion)."""
+def toposort(outputs, stop=()) -> list:
+    """All nodes reachable from `outputs`, inputs before users (iterative, no recursion).
+
+    Nodes in `stop` are left out, and so is what lies below them unless it is reachable
+    otherwise.
+    """
     order, seen = [], set()
     stack = [(t, False) for t in reversed(list(outputs))]
     while stack:
@@ -273,6 +277,8 @@ def toposort(outputs) -> list:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if stop and node in stop:
+            continue
         stack.append((node, True))
         for parent in reversed(node.inputs):
             if id(parent) not in seen:

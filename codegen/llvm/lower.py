@@ -627,8 +627,13 @@ def emit_main(module, kernels, threads: int, checks=()) -> None:
     (args,) = fn.args
     for j, (slot, bound, count) in enumerate(checks):
         _emit_label_check(b, args, slot, bound, count, ir.Constant(i32, j + 1))
+    emit_kernel_calls(b, module, kernels, threads, b.bitcast(args, K.I8P))
+    b.ret(ir.Constant(i32, 0))
+
+
+def emit_kernel_calls(b, module, kernels, threads: int, ctx) -> None:
+    """Call each kernel over its whole range, through the thread pool when it is large."""
     pfor = _parallel_for(module) if threads > 1 else None
-    ctx = b.bitcast(args, K.I8P)
     for k in kernels:
         f = module.get_global(k.name)
         trips = ir.Constant(K.I64, k.trips)
@@ -636,7 +641,6 @@ def emit_main(module, kernels, threads: int, checks=()) -> None:
             b.call(pfor, [f, ctx, trips, ir.Constant(K.I64, 1)])
         else:
             b.call(f, [ctx, ir.Constant(K.I64, 0), trips])
-    b.ret(ir.Constant(i32, 0))
 
 
 def _emit_label_check(b, args, slot, bound, count, fail_code):

@@ -37,7 +37,7 @@ from graphdl.codegen.llvm import kernels as K
 from graphdl.codegen.llvm import kernels_matmul as KM
 from graphdl.codegen.llvm.loops import View
 from graphdl.codegen.llvm.lower import (ALIGN, Lowering, Step, _label_checks, _parallel_for,
-                                        emit_group, group_steps, uses_threads)
+                                        emit_group, emit_kernel_calls, group_steps)
 from graphdl.codegen.llvm.scan_split import row_split
 from graphdl.graph import Tensor, toposort
 from graphdl.ops.registry import I
@@ -487,14 +487,7 @@ def _emit_step_function(module, name, kernels, threads):
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     (ctx,) = fn.args
-    pfor = _parallel_for(module) if threads > 1 else None
-    for k in kernels:
-        f = module.get_global(k.name)
-        trips = ir.Constant(K.I64, k.trips)
-        if pfor is not None and uses_threads(k, threads):
-            b.call(pfor, [f, ctx, trips, ir.Constant(K.I64, 1)])
-        else:
-            b.call(f, [ctx, ir.Constant(K.I64, 0), trips])
+    emit_kernel_calls(b, module, kernels, threads, ctx)
     b.ret_void()
     return fn
 

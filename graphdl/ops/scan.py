@@ -56,23 +56,7 @@ _INLINE_CONSTANT_SIZE = 16        # constants up to this size stay inside a body
 # -- graph utilities ---------------------------------------------------------------------
 def _postorder(outputs, stop=frozenset()):
     """Nodes reachable from outputs, inputs first, not descending below nodes in `stop`."""
-    order, seen = [], set()
-    stack = [(t, False) for t in reversed(list(outputs))]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node in stop:
-            continue
-        stack.append((node, True))
-        for parent in reversed(node.inputs):
-            if id(parent) not in seen:
-                stack.append((parent, False))
-    return order
+    return toposort(outputs, stop)
 
 
 def substitute(outputs, mapping: dict) -> list:
