@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import re
 import threading
 import time
 
@@ -203,7 +204,11 @@ def _portable_plan(plan, leaves):
     position = {id(leaf.storage.array): k for k, leaf in enumerate(leaves)}
     storage = [("leaf", position[id(a)]) if id(a) in position else ("value", a.copy())
                for a in plan.storage]
-    return dataclasses.replace(plan, storage=storage)
+    # Source lines belong to the process that compiled: another script with the same graph
+    # must not see them in its report.
+    kernels = [dataclasses.replace(k, label=re.sub(r"\s*\S+:\d+", "", k.label))
+               for k in plan.kernels]
+    return dataclasses.replace(plan, storage=storage, kernels=kernels)
 
 
 def _restore_plan(meta, leaves):
