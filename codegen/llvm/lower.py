@@ -234,8 +234,10 @@ class Lowering:
         """The node's View, materializing a compile-time scalar into a buffer if needed."""
         v = self.views[node]
         if isinstance(v, Scalar):
-            buf = self.new_buffer("arena", (), v.dtype)
-            view = self.buffer_view(buf, (), v.dtype)
+            # one element in the node's own shape ((1, 1) stays (1, 1) for a matmul)
+            shape = self.shape(node)
+            buf = self.new_buffer("arena", shape, v.dtype)
+            view = self.buffer_view(buf, shape, v.dtype)
             self.steps.append(Step("fill", node, view, [], {"value": v.value}))
             self._set(node, view, buf)
             return view

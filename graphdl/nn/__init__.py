@@ -26,6 +26,7 @@ from graphdl.nn.conv import (
                              LocallyConnected1D,
                              LocallyConnected2D,
 )
+from graphdl.nn.deform import DeformableConv2D
 from graphdl.nn.dropout import DropBlock, DropConnect, Dropout, GaussianDropout, SpatialDropout
 from graphdl.nn.layers import Activation, Dense, Flatten, Maxout
 from graphdl.nn.module import Module, reset_names, torch_bias_init, torch_weight_init
@@ -45,6 +46,7 @@ from graphdl.nn.recurrent import GRU, LSTM, RNN
 __all__ = [
     "GRU", "LSTM", "RNN", "Activation", "AvgPool1D", "AvgPool2D", "AvgPool3D", "BatchNorm",
     "Conv1D", "Conv2D", "Conv3D", "ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D",
+    "DeformableConv2D",
     "Dense", "DepthwiseSeparableConv2D", "DropBlock", "DropConnect", "Dropout", "Flatten",
     "GaussianDropout", "GlobalAvgPool", "GlobalMaxPool", "GroupNorm", "Inception",
     "InstanceNorm", "LayerNorm", "LocallyConnected1D", "LocallyConnected2D", "MaxPool1D",

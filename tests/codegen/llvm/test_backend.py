@@ -181,3 +181,10 @@ def test_clear_cache_and_recompile_from_disk(tmp_path, monkeypatch):
     h = gd.function([x], gd.exp(x) * 3.0)
     h(np.ones((2, 3), np.float32))
     assert h.program.history[-1]["cache_hit"] is False
+
+
+def test_one_element_constant_operand_of_matmul_keeps_its_shape():
+    x = gd.input("x", (2, 1, 12))
+    out = _both([x], [gd.matmul(gd.constant(np.full((1, 1), 2.0, np.float32)), x)],
+                RNG.standard_normal((2, 1, 12)).astype(np.float32))
+    assert out[0].shape == (2, 1, 12)
