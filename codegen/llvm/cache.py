@@ -79,6 +79,22 @@ def compile_cached(ir_text: str):
     return kernel, False
 
 
+def compile_keyed(name: str, build_ir):
+    """(Kernel, hit) for a module that depends only on graphdl's source and the machine
+    (the runtime library): its key needs no IR text, so a hit skips building the IR too."""
+    digest = hashlib.sha256(f"{VERSION}|{name}|{code_version()}|{target.cache_identity()}"
+                            .encode()).hexdigest()
+    entry = load_entry(digest)
+    if entry is not None:
+        try:
+            return jit.load_object(entry[0]), True
+        except Exception:
+            pass
+    kernel = jit.compile_ir(build_ir(), keep_object=True)
+    store_entry(digest, kernel.object_code, None)
+    return kernel, False
+
+
 def load_entry(digest: str):
     """(object code, metadata) stored under a graph fingerprint, or None."""
     if not enabled():

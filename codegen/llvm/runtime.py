@@ -44,7 +44,7 @@ def ensure(dtypes=()) -> None:
         for dtype in missing:
             if dtype in _KERNELS:
                 continue
-            kernel, _ = cache.compile_cached(_gemm_ir(dtype))
+            kernel, _ = cache.compile_keyed(f"gemm-{dtype}", lambda d=dtype: _gemm_ir(d))
             name = gemm_name(dtype)
             llvm.add_symbol(name, kernel.address(name))
             _KERNELS[dtype] = kernel

@@ -553,11 +553,15 @@ class Runtime:
     """
 
     def __init__(self, num_threads: int | None = None):
-        module = ir.Module(name="graphdl_threads")
-        emit_runtime(module)
-        # Through the on-disk cache: a later process loads the object code.
+        # Through the on-disk cache: a later process loads the object code without even
+        # building the IR.
         from graphdl.codegen.llvm import cache
-        self._kernel, _ = cache.compile_cached(str(module))
+
+        def build_ir():
+            module = ir.Module(name="graphdl_threads")
+            emit_runtime(module)
+            return str(module)
+        self._kernel, _ = cache.compile_keyed("thread-pool", build_ir)
         for name in PUBLIC:
             llvm.add_symbol(name, self._kernel.address(name))
         self.parallel_for = self._kernel.cfunc(
