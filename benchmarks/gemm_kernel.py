@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 from llvmlite import ir
 
-from graphdl.codegen.llvm import gemm, jit
+from graphdl.codegen.llvm import gemm, jit, target
 
 ARGTYPES = ([ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] * 2
             + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p])
@@ -72,29 +72,77 @@ def aligned_empty(elements: int, dtype) -> np.ndarray:
     return raw[offset:offset + elements]
 
 
+# Waiting for the other thread by spinning in native code (GIL released), as OpenBLAS's
+# threads do: waking a blocked thread took tens of microseconds on this virtual machine, as
+# much as half of an N = 256 product.
+SPIN_IR = """
+define i32 @spin_while_equal(ptr %flag, i32 %value) nounwind {
+entry:
+  br label %loop
+loop:
+  %now = load atomic i32, ptr %flag acquire, align 4
+  %same = icmp eq i32 %now, %value
+  br i1 %same, label %wait, label %exit
+wait:
+  PAUSE
+  br label %loop
+exit:
+  ret i32 %now
+}
+"""
+
+
+def _spin_ir() -> str:
+    """SPIN_IR with the x86 pause hint where the host has it."""
+    if target.host()["triple"].startswith(("x86_64", "i686", "i386")):
+        return (SPIN_IR.replace("PAUSE", "call void @llvm.x86.sse2.pause()")
+                + "declare void @llvm.x86.sse2.pause()\n")
+    return SPIN_IR.replace("  PAUSE\n", "")
+
+
 class GraphdlGemm:
-    """gd_gemm_f32 compiled once, with a workspace per thread and a persistent worker."""
+    """gd_gemm_f32 compiled once, with a workspace per thread and a persistent worker thread
+    that waits for its half either on a semaphore or spinning on a flag."""
 
     def __init__(self):
         module = ir.Module(name="gemm_bench")
         gemm.emit_gemm(module, "float32")
         self.kernel = jit.compile_ir(str(module))   # keeps the machine code alive
         self.fn = self.kernel.cfunc("gd_gemm_f32", None, *ARGTYPES)
+        self.spin_kernel = jit.compile_ir(_spin_ir())
+        self.spin = self.spin_kernel.cfunc("spin_while_equal", ctypes.c_int32,
+                                           ctypes.c_void_p, ctypes.c_int32)
         self.works = [aligned_empty(gemm.workspace_elements("float32"), np.float32)
                       for _ in range(2)]
+        self.flags = aligned_empty(32, np.int32)     # go at [0], done at [16]: two lines
+        self.flags[:] = 0
+        self._seq = 0
         self._go = threading.Semaphore(0)
         self._done = threading.Semaphore(0)
+        self._parked = threading.Semaphore(0)
         self._job = None
+        self._spinning = False
         self._worker = threading.Thread(target=self._serve, daemon=True)
         self._worker.start()
 
     def _serve(self):
+        go = self.flags.ctypes.data
         while True:
             self._go.acquire()
-            if self._job is None:
+            if self._job is None and not self._spinning:
                 return
-            self.fn(*self._job)
-            self._done.release()
+            if not self._spinning:
+                self.fn(*self._job)
+                self._done.release()
+                continue
+            seq = int(self.flags[0])
+            while True:
+                seq = self.spin(go, seq)
+                if seq < 0:
+                    break
+                self.fn(*self._job)
+                self.flags[16] = seq
+            self._parked.release()
 
     def close(self):
         self._job = None
@@ -114,7 +162,8 @@ class GraphdlGemm:
         whole = self.args(a, b, c, slice(0, a.shape[0]), slice(0, b.shape[1]), self.works[0])
         return lambda: self.fn(*whole)
 
-    def two_threads(self, a, b, c, split: str):
+    def halves(self, a, b, c, split: str) -> tuple:
+        """(this thread's arguments, the worker's) for the two halves of the product."""
         m, n = a.shape[0], b.shape[1]
         # halves on a tile boundary: MR rows, or one vector (lanes) of columns
         tile = gemm.blocking("float32")["MR" if split == "m" else "lanes"]
@@ -123,8 +172,12 @@ class GraphdlGemm:
             parts = [(slice(0, half), slice(0, n)), (slice(half, m), slice(0, n))]
         else:
             parts = [(slice(0, m), slice(0, half)), (slice(0, m), slice(half, n))]
-        mine = self.args(a, b, c, *parts[0], self.works[0])
-        theirs = self.args(a, b, c, *parts[1], self.works[1])
+        return (self.args(a, b, c, *parts[0], self.works[0]),
+                self.args(a, b, c, *parts[1], self.works[1]))
+
+    def two_threads(self, a, b, c, split: str):
+        """One product on two threads; the worker sleeps on a semaphore between calls."""
+        mine, theirs = self.halves(a, b, c, split)
 
         def call():
             self._job = theirs
@@ -132,6 +185,33 @@ class GraphdlGemm:
             self.fn(*mine)
             self._done.acquire()
         return call
+
+    def two_threads_spinning(self, a, b, c, split: str):
+        """One product on two threads; between calls the worker spins on a flag (call
+        `start_spinning` before and `stop_spinning` after a run of calls)."""
+        mine, theirs = self.halves(a, b, c, split)
+        done = self.flags[16:].ctypes.data
+
+        def call():
+            self._job = theirs
+            self._seq += 1
+            self.flags[0] = self._seq
+            self.fn(*mine)
+            previous = self._seq - 1
+            while self.spin(done, previous) != self._seq:
+                previous = int(self.flags[16])
+        return call
+
+    def start_spinning(self):
+        self.flags[16] = self._seq
+        self._spinning = True
+        self._go.release()
+
+    def stop_spinning(self):
+        self.flags[0] = -1
+        self._parked.acquire()
+        self._spinning = False
+        self.flags[0] = self._seq
 
 
 NUMPY_WORKER = r"""
@@ -202,7 +282,8 @@ def check(a, b, c):
         raise AssertionError(f"gd_gemm_f32 is wrong: relative error {err:.2e}")
 
 
-COLUMNS = ("graphdl 1T", "graphdl 2T", "numpy as-is", "numpy clean", "numpy clean 1T")
+COLUMNS = ("graphdl 1T", "graphdl 2T", "graphdl 2T sem", "numpy as-is", "numpy clean",
+           "numpy clean 1T")
 
 
 def measure(sizes, runs: int, split: str) -> dict:
@@ -217,18 +298,30 @@ def measure(sizes, runs: int, split: str) -> dict:
         b = rng.standard_normal((n, n), dtype=np.float32)
         c = np.empty((n, n), np.float32)
         one, two = g.one_thread(a, b, c), g.two_threads(a, b, c, split)
+        spinning = g.two_threads_spinning(a, b, c, split)
         one()
         check(a, b, c)
         c[:] = np.nan
         two()
         check(a, b, c)
+        c[:] = np.nan
+        g.start_spinning()
+        spinning()
+        g.stop_spinning()
+        check(a, b, c)
         local = lambda a=a, b=b: np.matmul(a, b)
-        repeats = {"graphdl 1T": repeat_count(one), "graphdl 2T": repeat_count(two),
-                   "numpy as-is": repeat_count(local)}
+        g.start_spinning()
+        repeats = {"graphdl 2T": repeat_count(spinning)}
+        g.stop_spinning()
+        repeats.update({"graphdl 1T": repeat_count(one), "graphdl 2T sem": repeat_count(two),
+                        "numpy as-is": repeat_count(local)})
         runs_of = {col: [] for col in COLUMNS}
         for _ in range(runs):
             runs_of["graphdl 1T"].append(timed_run(one, repeats["graphdl 1T"]))
-            runs_of["graphdl 2T"].append(timed_run(two, repeats["graphdl 2T"]))
+            g.start_spinning()
+            runs_of["graphdl 2T"].append(timed_run(spinning, repeats["graphdl 2T"]))
+            g.stop_spinning()
+            runs_of["graphdl 2T sem"].append(timed_run(two, repeats["graphdl 2T sem"]))
             runs_of["numpy as-is"].append(timed_run(local, repeats["numpy as-is"]))
             runs_of["numpy clean"].append(other.time_run(n))
             runs_of["numpy clean 1T"].append(other.time_run(n, threads=1))

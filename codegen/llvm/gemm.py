@@ -172,8 +172,9 @@ def workspace_elements(dtype: str) -> int:
 
     work = KC * NC (B, rounded up to a 64-byte line) + MC * KC (A)
 
-    >>> n = workspace_elements("float64")
-    >>> work = np.empty(n + 8)  # align to 64 bytes before passing it
+    >>> n = workspace_elements("float32")
+    >>> raw = np.empty(n + 16, np.float32)
+    >>> work = raw[(-raw.ctypes.data % 64) // 4:][:n]     # 64-byte aligned, one per thread
     """
     return _workspace_layout(_host_blocking(dtype))[1]
 
@@ -774,6 +775,6 @@ def emit_gemm(module: ir.Module, dtype: str) -> ir.Function:
 
     >>> mod = ir.Module()
     >>> fn = emit_gemm(mod, "float32")
-    >>> kernel = jit.compile_ir(str(mod)); f = kernel.address("gd_gemm_f32")
+    >>> kernel = jit.compile_ir(str(mod))     # kernel.cfunc("gd_gemm_f32", None, ...)
     """
     return _emit_gemm_with(module, _host_blocking(dtype), _function_name(dtype))

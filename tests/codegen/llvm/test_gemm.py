@@ -220,6 +220,9 @@ def test_emit_is_idempotent_and_blocking_is_consistent(dtype):
     first = gemm.emit_gemm(module, dtype)
     assert gemm.emit_gemm(module, dtype) is first
     assert first.name == {"float32": "gd_gemm_f32", "float64": "gd_gemm_f64"}[dtype]
+    other = gemm.emit_gemm(module, "float64" if dtype == "float32" else "float32")
+    assert other.name != first.name
+    target.parse(str(module))   # both in one module: shared intrinsic declarations verify
     blk = gemm.blocking(dtype)
     assert blk["NR"] % blk["lanes"] == 0 and blk["MC"] % blk["MR"] == 0
     assert blk["NC"] % blk["NR"] == 0 and blk["KC"] % blk["k_unroll"] == 0
