@@ -72,6 +72,7 @@ class Compiled:
         """
         from graphdl.codegen.llvm.lower import uses_threads
         saved = [a.copy() for a in self.plan.storage]
+        self(arrays)                      # fill every intermediate buffer once, in order
         outs = [np.empty(s, dtype=d) for s, d in zip(self.plan.output_shapes,
                                                        self.plan.output_dtypes)]
         for k, a in enumerate(arrays):
@@ -88,6 +89,11 @@ class Compiled:
             fn = body_type(address)
             times = []
             for _ in range(repeat):
+                # Every repetition starts from the same variables: repeating an in-place
+                # update would otherwise drift them (to denormals, even inf) and slow down
+                # the kernels timed after it.
+                for array, old in zip(self.plan.storage, saved):
+                    np.copyto(array, old)
                 t = time.perf_counter()
                 if parallel:
                     pfor(address, self.args_ptr, k.trips, 1)
