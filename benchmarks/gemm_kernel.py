@@ -2,13 +2,17 @@
 
     python benchmarks/gemm_kernel.py [--sizes 256 1024 2048] [--runs 15] [--split m|n]
 
-C = A @ B, square, float32; GFLOP/s = 2 N^3 / t with t the median of --runs timed runs after
-a warm-up (a run repeats the call until it has taken about 20 ms, for N = 256). Columns:
+C = A @ B, square, float32; GFLOP/s = 2 N^3 / t with t the median of --runs timed runs, each
+after 50 ms of untimed calls (a run repeats the call for about 20 ms, for N = 256). Columns:
 
 - graphdl 1T: one call of gd_gemm_f32 on the whole product.
-- graphdl 2T: the product split in two halves of rows (--split m) or columns (--split n); the
-  main thread and one persistent worker thread each call the ctypes function on one half
-  with its own workspace (ctypes releases the GIL during the call).
+- graphdl 2T: the product split in two halves of rows (--split m) or columns (--split n),
+  each with its own workspace. The main thread calls the ctypes function on its half; a
+  second Python thread, inside one ctypes call for the whole run, spins on a flag and runs
+  the other half each time the flag moves (as OpenBLAS's threads spin between calls).
+- graphdl 2T sem: the same split, but the second thread sleeps on a semaphore and calls the
+  ctypes function from Python each time: waking it costs tens of microseconds here, which
+  shows at N = 256.
 - numpy: numpy.matmul in this process, with the environment as it is (OpenBLAS threads at
   their default, 2 here), and numpy in a subprocess whose environment lacks
   OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (these may be set on the shared machine and slow
@@ -16,8 +20,9 @@ a warm-up (a run repeats the call until it has taken about 20 ms, for N = 256). 
 
 The ratio columns divide graphdl by the faster of the two numpy figures of the same thread
 count, so that graphdl is held against the stronger baseline. The contenders take turns run
-by run (graphdl 1T, graphdl 2T, numpy, numpy clean, numpy clean 1T, then again), so that a
-change in the load of the shared machine hits them alike.
+by run (graphdl 1T, 2T, 2T sem, numpy, numpy clean, numpy clean 1T, then again), so that a
+change in the load of the shared machine hits them alike; after numpy the benchmark waits
+0.3 s for OpenBLAS's threads to stop spinning.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ from graphdl.codegen.llvm import gemm, jit, target
 ARGTYPES = ([ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] * 2
             + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p])
 RUN_SECONDS = 0.02
+# After a call, OpenBLAS's threads spin for a while (about 2^28 cycles) before they sleep;
+# measured right after numpy, graphdl's second thread found its core taken.
+SETTLE_SECONDS = 0.3
+WARM_SECONDS = 0.05
 UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -58,7 +67,12 @@ def repeat_count(call) -> int:
 
 
 def timed_run(call, repeat: int) -> float:
-    """Seconds per call over one run of `repeat` calls."""
+    """Seconds per call over one run of `repeat` calls, after WARM_SECONDS of untimed calls
+    (an idle core took ~20 ms to come back to full speed: the first calls on two threads ran
+    at half speed)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < WARM_SECONDS:
+        call()
     start = time.perf_counter()
     for _ in range(repeat):
         call()
@@ -72,9 +86,10 @@ def aligned_empty(elements: int, dtype) -> np.ndarray:
     return raw[offset:offset + elements]
 
 
-# Waiting for the other thread by spinning in native code (GIL released), as OpenBLAS's
-# threads do: waking a blocked thread took tens of microseconds on this virtual machine, as
-# much as half of an N = 256 product.
+# The second thread of "graphdl 2T" waits for work by spinning on a flag in native code, as
+# OpenBLAS's threads do, and calls gd_gemm_f32 from there: blocked on a semaphore or on the
+# GIL, the thread took tens of microseconds to wake on this virtual machine, as long as half
+# of an N = 256 product ("graphdl 2T sem" shows that variant).
 SPIN_IR = """
 define i32 @spin_while_equal(ptr %flag, i32 %value) nounwind {
 entry:
@@ -89,6 +104,26 @@ wait:
 exit:
   ret i32 %now
 }
+
+; Until *go < 0: wait for *go to change, run the product, publish the new value in *done.
+define void @serve_gemm(ptr %go, ptr %done, i32 %start, i64 %M, i64 %N, i64 %K, ptr %A,
+                        i64 %rsa, i64 %csa, ptr %B, i64 %rsb, i64 %csb, ptr %C, i64 %ldc,
+                        i32 %accumulate, ptr %work) nounwind {
+entry:
+  br label %loop
+loop:
+  %last = phi i32 [ %start, %entry ], [ %now, %body ]
+  %now = call i32 @spin_while_equal(ptr %go, i32 %last)
+  %stop = icmp slt i32 %now, 0
+  br i1 %stop, label %exit, label %body
+body:
+  call void @gd_gemm_f32(i64 %M, i64 %N, i64 %K, ptr %A, i64 %rsa, i64 %csa, ptr %B,
+                         i64 %rsb, i64 %csb, ptr %C, i64 %ldc, i32 %accumulate, ptr %work)
+  store atomic i32 %now, ptr %done release, align 4
+  br label %loop
+exit:
+  ret void
+}
 """
 
 
@@ -102,47 +137,34 @@ def _spin_ir() -> str:
 
 class GraphdlGemm:
     """gd_gemm_f32 compiled once, with a workspace per thread and a persistent worker thread
-    that waits for its half either on a semaphore or spinning on a flag."""
+    that takes the second half of a product."""
 
     def __init__(self):
         module = ir.Module(name="gemm_bench")
         gemm.emit_gemm(module, "float32")
-        self.kernel = jit.compile_ir(str(module))   # keeps the machine code alive
+        self.kernel = jit.compile_ir(str(module) + _spin_ir())  # keeps the code alive
         self.fn = self.kernel.cfunc("gd_gemm_f32", None, *ARGTYPES)
-        self.spin_kernel = jit.compile_ir(_spin_ir())
-        self.spin = self.spin_kernel.cfunc("spin_while_equal", ctypes.c_int32,
-                                           ctypes.c_void_p, ctypes.c_int32)
+        self.spin = self.kernel.cfunc("spin_while_equal", ctypes.c_int32, ctypes.c_void_p,
+                                      ctypes.c_int32)
+        self.serve = self.kernel.cfunc("serve_gemm", None, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_int32, *ARGTYPES)
         self.works = [aligned_empty(gemm.workspace_elements("float32"), np.float32)
                       for _ in range(2)]
         self.flags = aligned_empty(32, np.int32)     # go at [0], done at [16]: two lines
         self.flags[:] = 0
-        self._seq = 0
         self._go = threading.Semaphore(0)
         self._done = threading.Semaphore(0)
-        self._parked = threading.Semaphore(0)
         self._job = None
-        self._spinning = False
         self._worker = threading.Thread(target=self._serve, daemon=True)
         self._worker.start()
 
     def _serve(self):
-        go = self.flags.ctypes.data
         while True:
             self._go.acquire()
-            if self._job is None and not self._spinning:
+            if self._job is None:
                 return
-            if not self._spinning:
-                self.fn(*self._job)
-                self._done.release()
-                continue
-            seq = int(self.flags[0])
-            while True:
-                seq = self.spin(go, seq)
-                if seq < 0:
-                    break
-                self.fn(*self._job)
-                self.flags[16] = seq
-            self._parked.release()
+            self._job()
+            self._done.release()
 
     def close(self):
         self._job = None
@@ -180,38 +202,57 @@ class GraphdlGemm:
         mine, theirs = self.halves(a, b, c, split)
 
         def call():
-            self._job = theirs
+            self._job = lambda: self.fn(*theirs)
             self._go.release()
             self.fn(*mine)
             self._done.acquire()
         return call
 
     def two_threads_spinning(self, a, b, c, split: str):
-        """One product on two threads; between calls the worker spins on a flag (call
-        `start_spinning` before and `stop_spinning` after a run of calls)."""
-        mine, theirs = self.halves(a, b, c, split)
-        done = self.flags[16:].ctypes.data
+        """One product on two threads; the worker spins in serve_gemm between calls."""
+        return _SpinningPair(self, *self.halves(a, b, c, split))
 
-        def call():
-            self._job = theirs
-            self._seq += 1
-            self.flags[0] = self._seq
-            self.fn(*mine)
-            previous = self._seq - 1
-            while self.spin(done, previous) != self._seq:
-                previous = int(self.flags[16])
-        return call
 
-    def start_spinning(self):
-        self.flags[16] = self._seq
-        self._spinning = True
-        self._go.release()
+class _SpinningPair:
+    """Calls of one split product; `start` before a run of calls, `stop` after it.
 
-    def stop_spinning(self):
-        self.flags[0] = -1
-        self._parked.acquire()
-        self._spinning = False
-        self.flags[0] = self._seq
+    While spinning, the two threads are pinned to two CPUs: a spinning thread that the
+    scheduler had put beside the other (it wakes a thread on the waker's CPU) held it for a
+    whole time slice, 4 ms per call."""
+
+    def __init__(self, g: GraphdlGemm, mine: tuple, theirs: tuple):
+        self.g, self.mine, self.theirs = g, mine, theirs
+        self.go = g.flags.ctypes.data
+        self.done = g.flags[16:].ctypes.data
+        self.seq = 0
+        self.cpus = sorted(os.sched_getaffinity(0))
+
+    def start(self):
+        g = self.g
+        g.flags[0] = g.flags[16] = self.seq = 0
+        if len(self.cpus) >= 2:
+            os.sched_setaffinity(0, {self.cpus[0]})
+        g._job = self._serve
+        g._go.release()
+
+    def _serve(self):
+        if len(self.cpus) >= 2:
+            os.sched_setaffinity(0, {self.cpus[1]})
+        self.g.serve(self.go, self.done, 0, *self.theirs)
+        os.sched_setaffinity(0, self.cpus)
+
+    def __call__(self):
+        self.seq += 1
+        self.g.flags[0] = self.seq
+        self.g.fn(*self.mine)
+        seen = self.seq - 1
+        while seen != self.seq:
+            seen = self.g.spin(self.done, seen)
+
+    def stop(self):
+        self.g.flags[0] = -1
+        self.g._done.acquire()
+        os.sched_setaffinity(0, self.cpus)
 
 
 NUMPY_WORKER = r"""
@@ -221,7 +262,7 @@ try:
     from threadpoolctl import threadpool_limits
 except ImportError:
     threadpool_limits = None
-RUN_SECONDS = float(sys.argv[1])
+RUN_SECONDS, WARM_SECONDS = float(sys.argv[1]), float(sys.argv[2])
 rng = np.random.default_rng(0)
 operands, repeats = {}, {}
 def one_run(n):
@@ -229,6 +270,9 @@ def one_run(n):
     if n not in repeats:
         np.matmul(a, b); t = time.perf_counter(); np.matmul(a, b)
         repeats[n] = max(1, int(RUN_SECONDS / max(time.perf_counter() - t, 1e-7)))
+    t = time.perf_counter()
+    while time.perf_counter() - t < WARM_SECONDS:
+        np.matmul(a, b)
     t = time.perf_counter()
     for _ in range(repeats[n]):
         np.matmul(a, b)
@@ -255,7 +299,8 @@ class NumpyElsewhere:
 
     def __init__(self):
         env = {k: v for k, v in os.environ.items() if k not in UNSET}
-        self.proc = subprocess.Popen([sys.executable, "-c", NUMPY_WORKER, str(RUN_SECONDS)],
+        self.proc = subprocess.Popen([sys.executable, "-c", NUMPY_WORKER, str(RUN_SECONDS),
+                                      str(WARM_SECONDS)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env)
 
@@ -305,26 +350,29 @@ def measure(sizes, runs: int, split: str) -> dict:
         two()
         check(a, b, c)
         c[:] = np.nan
-        g.start_spinning()
+        spinning.start()
         spinning()
-        g.stop_spinning()
+        spinning.stop()
         check(a, b, c)
         local = lambda a=a, b=b: np.matmul(a, b)
-        g.start_spinning()
+        spinning.start()
         repeats = {"graphdl 2T": repeat_count(spinning)}
-        g.stop_spinning()
+        spinning.stop()
         repeats.update({"graphdl 1T": repeat_count(one), "graphdl 2T sem": repeat_count(two),
                         "numpy as-is": repeat_count(local)})
         runs_of = {col: [] for col in COLUMNS}
         for _ in range(runs):
             runs_of["graphdl 1T"].append(timed_run(one, repeats["graphdl 1T"]))
-            g.start_spinning()
+            spinning.start()
             runs_of["graphdl 2T"].append(timed_run(spinning, repeats["graphdl 2T"]))
-            g.stop_spinning()
+            spinning.stop()
             runs_of["graphdl 2T sem"].append(timed_run(two, repeats["graphdl 2T sem"]))
             runs_of["numpy as-is"].append(timed_run(local, repeats["numpy as-is"]))
+            time.sleep(SETTLE_SECONDS)
             runs_of["numpy clean"].append(other.time_run(n))
+            time.sleep(SETTLE_SECONDS)
             runs_of["numpy clean 1T"].append(other.time_run(n, threads=1))
+            time.sleep(SETTLE_SECONDS)
         result[n] = {col: (gflops(n, statistics.median(t)) if None not in t else None)
                      for col, t in runs_of.items()}
     g.close()
@@ -351,9 +399,10 @@ def print_table(result: dict, split: str) -> None:
         line = f"{n:>6} | " + " | ".join(fmt(row[c]) for c in cols)
         line += f" | {ratio2:10.2f} | " + (f"{ratio1:13.2f}" if ratio1 else f"{'-':>13}")
         print(line)
-    print("GFLOP/s = 2 N^3 / t, medians. '2T / numpy' divides graphdl 2T by the faster of "
-          "numpy as-is and numpy clean (both on their default 2 threads); '1T / numpy 1T' "
-          "divides graphdl 1T by numpy clean limited to 1 thread (threadpoolctl).")
+    print("GFLOP/s = 2 N^3 / t, medians. '2T / numpy' divides graphdl 2T (spinning worker) by "
+          "the faster of numpy as-is and numpy clean (both on their default 2 threads); "
+          "'1T / numpy 1T' divides graphdl 1T by numpy clean limited to 1 thread "
+          "(threadpoolctl).")
 
 
 def main(argv=None) -> None:

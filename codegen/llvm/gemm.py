@@ -248,6 +248,9 @@ def _gep(b: ir.IRBuilder, elem, ptr, index, name: str = ""):
 class _Emitter:
     """Emits the functions of one GEMM: packers, micro-kernels, driver."""
 
+    # Prefetch the C tile at the start of a kernel (BLIS's kernels do): measured equal or up
+    # to 10% faster (M = 512, N = 128, K = 10, where the C update dominates). A class
+    # attribute so that an experiment can switch it off.
     prefetch_c = True
 
     def __init__(self, module: ir.Module, blk: _Blocking, name: str):
