@@ -127,7 +127,6 @@ class _Observer:
 
 
 # -- llvm backend ------------------------------------------------------------------------------
-_KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
 def run_instrumented(compiled, arrays) -> list:
@@ -137,27 +136,14 @@ def run_instrumented(compiled, arrays) -> list:
     Returns the outputs; the updates are applied by the plan's final copy kernels, which
     run only when every value before them was finite.
     """
-    from graphdl.codegen.llvm import runtime
-    from graphdl.codegen.llvm.lower import uses_threads
-
     plan = compiled.plan
     if len(plan.probes) != len(plan.kernels):
         raise RuntimeError("nan_guard needs an instrumented llvm build (instrument=True)")
     _check_labels(plan, arrays)
     args = compiled.args
-    for k, a in enumerate(arrays):
-        args[k] = a.ctypes.data
-    outs = [np.empty(s, dtype=d) for s, d in zip(plan.output_shapes, plan.output_dtypes)]
-    for k, o in enumerate(outs):
-        args[compiled.out_slot + k] = o.ctypes.data
-    threads = compiled.stats.get("threads", 1)
-    pfor = runtime.parallel_for_function() if threads > 1 else None
+    outs = compiled.bind(arrays)
     for kernel, (node, out, inputs) in zip(plan.kernels, plan.probes):
-        address = compiled.kernel.address(kernel.name)
-        if pfor is not None and uses_threads(kernel, threads):
-            pfor(address, compiled.args_ptr, kernel.trips, 1)
-        else:
-            _KERNEL_TYPE(address)(compiled.args_ptr, 0, kernel.trips)
+        compiled.run_kernel(kernel)
         if node is None or node.is_leaf or out.dtype not in _FLOATS:
             continue
         value = read_view(args, out)

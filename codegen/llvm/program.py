@@ -24,6 +24,7 @@ from graphdl.fingerprint import fingerprint
 
 log = logging.getLogger("graphdl.llvm")
 MAIN_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
 class Compiled:
@@ -46,14 +47,28 @@ class Compiled:
         self.args_ptr = self.args.ctypes.data
         self.out_slot = n_in
 
-    def __call__(self, arrays):
-        plan = self.plan
-        args = self.args
+    def bind(self, arrays) -> list:
+        """Point the argument slots at the input arrays and at fresh output arrays."""
+        plan, args = self.plan, self.args
         for k, a in enumerate(arrays):
             args[k] = a.ctypes.data
         outs = [np.empty(s, dtype=d) for s, d in zip(plan.output_shapes, plan.output_dtypes)]
         for k, o in enumerate(outs):
             args[self.out_slot + k] = o.ctypes.data
+        return outs
+
+    def run_kernel(self, kernel) -> None:
+        """Run one kernel over its whole range, as gd_main would (threads included)."""
+        from graphdl.codegen.llvm.lower import uses_threads
+        address = self.kernel.address(kernel.name)
+        if uses_threads(kernel, self.stats.get("threads", 1)):
+            runtime.parallel_for_function()(address, self.args_ptr, kernel.trips, 1)
+        else:
+            KERNEL_TYPE(address)(self.args_ptr, 0, kernel.trips)
+
+    def __call__(self, arrays):
+        plan = self.plan
+        outs = self.bind(arrays)
         status = self.main(self.args_ptr)
         if status:
             slot, bound = plan.label_checks[status - 1]
@@ -73,20 +88,11 @@ class Compiled:
         from graphdl.codegen.llvm.lower import uses_threads
         saved = [a.copy() for a in self.plan.storage]
         self(arrays)                      # fill every intermediate buffer once, in order
-        outs = [np.empty(s, dtype=d) for s, d in zip(self.plan.output_shapes,
-                                                       self.plan.output_dtypes)]
-        for k, a in enumerate(arrays):
-            self.args[k] = a.ctypes.data
-        for k, o in enumerate(outs):
-            self.args[self.out_slot + k] = o.ctypes.data
-        pfor = runtime.parallel_for_function()
-        body_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+        self.bind(arrays)
         rows = []
         threads = self.stats.get("threads", 1)
         for k in self.plan.kernels:
-            address = self.kernel.address(k.name)
             parallel = uses_threads(k, threads)
-            fn = body_type(address)
             times = []
             for _ in range(repeat):
                 # Every repetition starts from the same variables: repeating an in-place
@@ -95,10 +101,7 @@ class Compiled:
                 for array, old in zip(self.plan.storage, saved):
                     np.copyto(array, old)
                 t = time.perf_counter()
-                if parallel:
-                    pfor(address, self.args_ptr, k.trips, 1)
-                else:
-                    fn(self.args_ptr, 0, k.trips)
+                self.run_kernel(k)
                 times.append(time.perf_counter() - t)
             rows.append({"kernel": k.name, "label": k.label, "threads": threads if parallel
                          else 1, "work": k.work, "us": float(np.median(times) * 1e6)})
