@@ -13,7 +13,7 @@ from __future__ import annotations
 import sympy as sp
 
 from graphdl.errors import NotDifferentiableError, dtype_error, shape_error
-from graphdl.graph import Tensor, as_tensor, constant, toposort
+from graphdl.graph import Tensor, as_tensor, constant, depends_on, toposort
 from graphdl.ops import registry
 from graphdl.ops.scan import PROJECTIONS, OutputCotangents, use_backprop  # multi-output
 from graphdl.ops.elementwise import cast, fused_from_nodes
@@ -75,7 +75,7 @@ def backprop_seeds(seeds: dict, targets) -> dict:
     """`backprop` from several roots at once ({root: its cotangent}, e.g. the outputs of a
     scan body); returns {node: gradient} for every node on a path from `targets` to a root."""
     nodes = toposort(list(seeds))
-    relevant = _on_path(nodes, targets)
+    relevant = depends_on(nodes, targets)
     cotangents = dict(seeds)
     for node in reversed(nodes):
         g = cotangents.get(node)
@@ -105,15 +105,6 @@ def backprop_seeds(seeds: dict, targets) -> dict:
                 gx = cast(gx, x.dtype)
             cotangents[x] = gx if x not in cotangents else cotangents[x] + gx
     return cotangents
-
-
-def _on_path(nodes, targets) -> set:
-    """Nodes that depend on at least one target (only they need gradients)."""
-    relevant = set(targets)
-    for node in nodes:
-        if any(p in relevant for p in node.inputs):
-            relevant.add(node)
-    return relevant
 
 
 def vjp(node: Tensor, gy: Tensor, needed) -> tuple:

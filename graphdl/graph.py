@@ -286,6 +286,16 @@ def toposort(outputs, stop=()) -> list:
     return order
 
 
+def depends_on(order, sources) -> set:
+    """The nodes of `order` (a topological order) that depend on any of `sources`, and the
+    sources themselves."""
+    out = set(sources)
+    for node in order:
+        if any(p in out for p in node.inputs):
+            out.add(node)
+    return out
+
+
 class Graph:
     """A topological view of the nodes that `outputs` depend on.
 
@@ -326,4 +336,4 @@ class Graph:
 
 
 __all__ = ["Tensor", "Storage", "Graph", "Dim", "input", "param", "state", "constant",
-           "as_tensor", "toposort"]
+           "as_tensor", "toposort", "depends_on"]

@@ -42,7 +42,7 @@ import hashlib
 import sympy as sp
 
 from graphdl.errors import dtype_error, shape_error
-from graphdl.graph import Tensor, as_tensor, constant, toposort
+from graphdl.graph import Tensor, as_tensor, constant, depends_on, toposort
 from graphdl.graph import input as placeholder
 from graphdl.ops.indexing import _slice
 from graphdl.ops.registry import structured
@@ -54,16 +54,11 @@ _INLINE_CONSTANT_SIZE = 16        # constants up to this size stay inside a body
 
 
 # -- graph utilities ---------------------------------------------------------------------
-def _postorder(outputs, stop=frozenset()):
-    """Nodes reachable from outputs, inputs first, not descending below nodes in `stop`."""
-    return toposort(outputs, stop)
-
-
 def substitute(outputs, mapping: dict) -> list:
     """The graph of `outputs` rebuilt with the tensors of `mapping` replaced (same shapes and
     dtypes); unchanged subgraphs are the same nodes (hash-consing)."""
     memo = dict(mapping)
-    for node in _postorder(outputs, stop=memo):
+    for node in toposort(outputs, stop=memo):
         if node in memo:
             continue
         inputs = [memo.get(p, p) for p in node.inputs]
@@ -74,15 +69,6 @@ def substitute(outputs, mapping: dict) -> list:
         new.site = node.site
         memo[node] = new
     return [memo.get(o, o) for o in outputs]
-
-
-def _depends(order, sources) -> set:
-    """The nodes of `order` (a topological order) that depend on any of `sources`."""
-    out = set(sources)
-    for node in order:
-        if any(p in out for p in node.inputs):
-            out.add(node)
-    return out
 
 
 def _zeros(like) -> Tensor:
@@ -228,7 +214,7 @@ def trace(fn, carry_like, x_like):
     if not outputs:
         raise ValueError("scan: the step has no carries and returns no ys: nothing to compute")
     order = toposort(outputs)
-    inside = _depends(order, carries + xs)
+    inside = depends_on(order, carries + xs)
     free: dict = {}
 
     def lift(t):
@@ -242,7 +228,7 @@ def trace(fn, carry_like, x_like):
     for o in outputs:
         lift(o)
     body_outputs = substitute(outputs, free)
-    used = {id(n) for n in _postorder(body_outputs)}
+    used = {id(n) for n in toposort(body_outputs)}
     kept = [k for k, x in enumerate(xs) if id(x) in used]
     body = Body(carries, [xs[k] for k in kept], list(free.values()), body_outputs)
     return body, list(free), kept

@@ -28,13 +28,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from graphdl.graph import Tensor, constant, toposort
+from graphdl.graph import Tensor, constant, depends_on, toposort
 from graphdl.graph import input as placeholder
 from graphdl.ops.indexing import concat
 from graphdl.ops.scan import (
     _backprop,
-    _depends,
-    _postorder,
     _rows,
     _zeros,
     history,
@@ -135,8 +133,8 @@ def _split_residuals(body, outputs, c_t, x_t, k_ph, cot_ph):
     scan (`saved`).
     """
     order = toposort(outputs)
-    step = _depends(order, c_t + x_t)
-    cot = _depends(order, cot_ph)
+    step = depends_on(order, c_t + x_t)
+    cot = depends_on(order, cot_ph)
     forward = {n for n in step if n not in cot and not n.is_leaf}
     needed: dict = {}
 
@@ -337,7 +335,7 @@ def merge_unslices(outputs) -> list:
     The gradient of x[:, a:b], x[:, b:c], ... (the gates of an LSTM) arrives as a sum of
     zero-padded unslices; a concat writes each band once instead of adding padded copies.
     """
-    order = _postorder(outputs)
+    order = toposort(outputs)
     users: dict = {}
     for n in order:
         for p in n.inputs:
