@@ -837,6 +837,16 @@ def _axis_links(node):
     if registry.is_elementwise(node) or op in ("broadcast_to", "stop_gradient"):
         for p in node.inputs:
             yield from _aligned_links(p, node)
+    elif op == "tensordot":
+        a, b = node.inputs
+        k = node.attr("axes")
+        free_a = a.ndim - k
+        for i in range(k):
+            yield (a, free_a + i), (b, i)
+        for i in range(free_a):
+            yield (a, i), (node, i)
+        for j in range(k, b.ndim):
+            yield (b, j), (node, free_a + j - k)
     elif op == "matmul":
         a, b = node.inputs
         r = node.ndim

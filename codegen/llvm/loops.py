@@ -50,6 +50,11 @@ class View:
         return True
 
     @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
     def size(self) -> int:
         """Number of elements."""
         return int(np.prod(self.shape, dtype=np.int64))
@@ -94,10 +99,63 @@ class View:
                     strides, self.dtype)
 
     def reshape(self, shape) -> "View | None":
-        """The view in another shape, or None when the elements are not contiguous."""
-        if not self.is_contiguous:
-            return None
-        return View.contiguous(self.slot, shape, self.dtype, self.offset)
+        """The view in another shape, or None when that needs a copy.
+
+        Old and new dims are matched in runs of equal size products (as NumPy does for a
+        no-copy reshape): each run of old dims must be one contiguous stride chain, which
+        the new dims of the run then split. So a transposed view still reshapes for free
+        when the merged or split axes stay together.
+        """
+        shape = tuple(int(d) for d in shape)
+        if self.is_contiguous:
+            return View.contiguous(self.slot, shape, self.dtype, self.offset)
+        old = [(d, s) for d, s in zip(self.shape, self.strides) if d != 1]
+        strides = [0] * len(shape)
+        i = j = 0
+        new_idx = [k for k, d in enumerate(shape) if d != 1]
+        while i < len(old) or j < len(new_idx):
+            if i == len(old) or j == len(new_idx):
+                return None
+            run_old, run_new = [old[i]], [new_idx[j]]
+            p_old, p_new = old[i][0], shape[new_idx[j]]
+            i, j = i + 1, j + 1
+            while p_old != p_new:
+                if p_old < p_new:
+                    if i == len(old):
+                        return None
+                    run_old.append(old[i])
+                    p_old *= old[i][0]
+                    i += 1
+                else:
+                    if j == len(new_idx):
+                        return None
+                    run_new.append(new_idx[j])
+                    p_new *= shape[new_idx[j]]
+                    j += 1
+            for (d0, s0), (d1, s1) in zip(run_old, run_old[1:]):
+                if s0 != s1 * d1:
+                    return None             # the run is not one stride chain
+            acc = run_old[-1][1]
+            for k in reversed(run_new):
+                strides[k] = acc
+                acc *= shape[k]
+        return View(self.slot, self.offset, shape, tuple(strides), self.dtype)
+
+    def merge(self, groups) -> "View | None":
+        """The view with each run of consecutive axes (lengths in `groups`) merged into one,
+        or None when a run is not one stride chain."""
+        shape, strides, start = [], [], 0
+        for n in groups:
+            dims = list(zip(self.shape[start:start + n], self.strides[start:start + n]))
+            start += n
+            size = int(np.prod([d for d, _ in dims], dtype=np.int64))
+            live = [(d, s) for d, s in dims if d != 1]
+            for (d0, s0), (d1, s1) in zip(live, live[1:]):
+                if s0 != s1 * d1:
+                    return None
+            shape.append(size)
+            strides.append(live[-1][1] if live else 0)
+        return View(self.slot, self.offset, tuple(shape), tuple(strides), self.dtype)
 
 
 def collapse(shape, stride_lists):

@@ -294,6 +294,17 @@ class Lowering:
                              for d in range(len(shape)))
                 self.steps.append(Step("copy", node, view.slice(spec), [x]))
                 start += n
+        elif node.op == "tensordot":
+            # One GEMM: a's free axes, the contracted axes and b's free axes each merge into
+            # one dimension; an operand whose groups are not one stride chain is copied
+            # (once per node: the forward and both VJPs of a convolution share the copy).
+            k = node.attr("axes")
+            a, b = node.inputs
+            ops = []
+            for x, groups in ((a, (a.ndim - k, k)), (b, (k, b.ndim - k))):
+                v = self.views[x]
+                ops.append(v if v.merge(groups) is not None else self._contiguous(x))
+            self.steps.append(Step("tensordot", node, view, ops, {"axes": k}))
         elif node.op == "unslice":
             self.steps.append(Step("fill", node, view, [], {"value": 0.0}))
             self.steps.append(Step("copy", node, view.slice(node.attr("spec")),
@@ -301,6 +312,16 @@ class Lowering:
         else:
             kind = node.op if not is_elementwise(node) else "elementwise"
             self.steps.append(Step(kind, node, view, list(node.inputs)))
+
+    def _contiguous(self, x) -> View:
+        """A row-major copy of x's view (made once per node)."""
+        copies = self.__dict__.setdefault("copies", {})
+        if x not in copies:
+            shape = self.shape(x)
+            buf = self.new_buffer("arena", shape, x.dtype)
+            copies[x] = self.buffer_view(buf, shape, x.dtype)
+            self.steps.append(Step("copy", x, copies[x], [x]))
+        return copies[x]
 
     def _finish_outputs(self, out_taken):
         for k, o in enumerate(self.outputs):
@@ -333,6 +354,7 @@ class Lowering:
     def plan_memory(self) -> int:
         """Place arena buffers by liveness (first fit, 64-byte aligned); return peak bytes."""
         last_use, first_def = {}, {}
+        run_end = self._loop_runs()
         for i, step in enumerate(self.steps):
             out_buf = self._buffer_of_view(step.out)
             first_def.setdefault(out_buf.id, i)
@@ -340,7 +362,7 @@ class Lowering:
             for x in step.inputs:
                 buf = self._root_of(x)
                 if buf is not None:
-                    last_use[buf.id] = max(last_use.get(buf.id, i), i)
+                    last_use[buf.id] = max(last_use.get(buf.id, i), run_end[i])
         arena = [b for b in self.buffers if b.kind == "arena" and b.id in first_def]
         arena.sort(key=lambda b: first_def[b.id])
         live: list = []          # (end step, offset, size)
@@ -358,6 +380,30 @@ class Lowering:
             live.append((last_use[buf.id], offset, size))
             peak = max(peak, offset + size)
         return peak
+
+    def _loop_runs(self) -> list:
+        """Per step, the last step of its run of consecutive same-shape elementwise loops.
+
+        group_steps merges such a run into one loop, which it can only do when no loop of
+        the run writes over what an earlier one reads; so the buffers a run reads stay
+        live until the run ends (else bias + ReLU after a GEMM would reuse the GEMM's bytes
+        for the ReLU and run as two loops).
+        """
+        ends = list(range(len(self.steps)))
+        if self.instrument:
+            return ends
+        start = 0
+        for i, step in enumerate(self.steps):
+            loop = step.kind in ("elementwise", "copy")
+            if i > start and (not loop or step.out.shape != self.steps[start].out.shape
+                              or i - start >= 8):
+                start = i
+            if not loop:
+                start = i + 1
+                continue
+            for j in range(start, i + 1):
+                ends[j] = i
+        return ends
 
     def _buffer_of_view(self, view: View) -> Buffer:
         return self.buffers[view.slot]
@@ -551,10 +597,24 @@ def group_steps(low) -> list:
 def emit_group(module, low, i: int, group) -> K.Kernel:
     """Emit one kernel for a group of steps (one loop) or a single step."""
     if len(group) == 1:
-        return emit_step(module, low, i, group[0][0])
-    label = "; ".join(f"{s.node.op} {s.node.site}" for s, _ in group)
-    return K.emit_elementwise_group(module, f"k{i}_group{len(group)}", [m for _, m in group],
-                                    label)
+        kernel = emit_step(module, low, i, group[0][0])
+    else:
+        label = "; ".join(f"{s.node.op} {s.node.site}" for s, _ in group)
+        kernel = K.emit_elementwise_group(module, f"k{i}_group{len(group)}",
+                                          [m for _, m in group], label)
+    if all(s.kind != "scan" for s, _ in group):
+        # The byte ranges the kernel writes (profile() restores them between repetitions:
+        # with arena reuse a kernel may overwrite its own input, so it is not idempotent).
+        kernel.detail["writes"] = [_extent(low.final_view(s.out)) for s, _ in group]
+    return kernel
+
+
+def _extent(view: View) -> tuple:
+    """(slot, first byte, end byte) of the memory a view covers."""
+    item = np.dtype(view.dtype).itemsize
+    lo = view.offset + sum(min(0, (d - 1) * s) for d, s in zip(view.shape, view.strides))
+    hi = view.offset + sum(max(0, (d - 1) * s) for d, s in zip(view.shape, view.strides)) + 1
+    return (view.slot, lo * item, hi * item)
 
 
 def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
@@ -582,6 +642,12 @@ def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
         return K.emit_reduce(module, name, out, ops[0], node.attr("axes"), step.kind, label)
     if step.kind == "matmul":
         return KM.emit_matmul(module, name, out, ops[0], ops[1], low.threads, label)
+    if step.kind == "tensordot":
+        k = step.attrs["axes"]
+        a, b = (low.operand(v) for v in step.inputs)
+        return KM.emit_matmul(module, name, out.merge((a.ndim - k, b.ndim - k)),
+                              a.merge((a.ndim - k, k)), b.merge((k, b.ndim - k)),
+                              low.threads, label)
     if step.kind == "argmax":
         return K.emit_argmax(module, name, out, ops[0], node.attr("axis"), label)
     if step.kind == "one_hot":

@@ -88,18 +88,23 @@ class Compiled:
         from graphdl.codegen.llvm.lower import uses_threads
         saved = [a.copy() for a in self.plan.storage]
         self(arrays)                      # fill every intermediate buffer once, in order
-        self.bind(arrays)
+        outs = self.bind(arrays)          # kept alive: the kernels write into them
+        for array, old in zip(self.plan.storage, saved):
+            np.copyto(array, old)
         rows = []
         threads = self.stats.get("threads", 1)
         for k in self.plan.kernels:
             parallel = uses_threads(k, threads)
+            # Every repetition starts from the memory the kernel saw first: repeating an
+            # update, or a kernel whose output reuses its input's arena bytes, would
+            # otherwise drift the values (to denormals, even inf) and time something else.
+            regions = [(int(self.args[slot]) + lo, hi - lo)
+                       for slot, lo, hi in k.detail.get("writes", self._all_regions())]
+            before = [ctypes.string_at(address, n) for address, n in regions]
             times = []
             for _ in range(repeat):
-                # Every repetition starts from the same variables: repeating an in-place
-                # update would otherwise drift them (to denormals, even inf) and slow down
-                # the kernels timed after it.
-                for array, old in zip(self.plan.storage, saved):
-                    np.copyto(array, old)
+                for (address, n), data in zip(regions, before):
+                    ctypes.memmove(address, data, n)
                 t = time.perf_counter()
                 self.run_kernel(k)
                 times.append(time.perf_counter() - t)
@@ -107,7 +112,14 @@ class Compiled:
                          else 1, "work": k.work, "us": float(np.median(times) * 1e6)})
         for array, old in zip(self.plan.storage, saved):
             np.copyto(array, old)
+        del outs
         return sorted(rows, key=lambda r: -r["us"])
+
+    def _all_regions(self) -> list:
+        """Every variable and the arena as (slot, 0, bytes): for kernels without `writes`."""
+        first = self.plan.n_inputs + len(self.plan.output_shapes)
+        regions = [(first + k, 0, a.nbytes) for k, a in enumerate(self.plan.storage)]
+        return regions + [(first + len(self.plan.storage), 0, self.plan.arena_bytes)]
 
 
 def _aligned(array: np.ndarray) -> int:
@@ -153,7 +165,7 @@ class Program:
         from graphdl.ops.scan import body_nodes
         nodes = toposort(list(self.outputs) + [v for _, v in self.updates])
         nodes += body_nodes(nodes)              # the steps of loops (graphdl/ops/scan.py)
-        return tuple(sorted({n.dtype for n in nodes if n.op == "matmul"}))
+        return tuple(sorted({n.dtype for n in nodes if n.op in ("matmul", "tensordot")}))
 
     def _compile(self, sizes) -> Compiled:
         start = time.perf_counter()

@@ -24,6 +24,10 @@ def _matmul(node, sizes, a, b):
     return np.matmul(a, b)
 
 
+def _tensordot(node, sizes, a, b):
+    return np.tensordot(a, b, axes=node.attr("axes"))
+
+
 def _sum(node, sizes, x):
     return np.sum(x, axis=node.attr("axes"), keepdims=node.attr("keepdims"))
 
@@ -129,6 +133,7 @@ def _random_uniform(node, sizes, step):
 
 STRUCTURED = {
     "matmul": _matmul,
+    "tensordot": _tensordot,
     "sum": _sum,
     "max": _max,
     "argmax": _argmax,

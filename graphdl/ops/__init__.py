@@ -17,7 +17,7 @@ from graphdl.ops.indexing import (concat, gather, getitem, one_hot, scatter_add,
                                   stop_gradient, take)
 from graphdl.ops.registry import all_ops, get
 from graphdl.ops.structured import (argmax, broadcast_to, dim_size, matmul, max, mean, min,
-                                    reshape, sum, swapaxes, transpose)
+                                    reshape, sum, swapaxes, tensordot, transpose)
 from graphdl.ops.conv import (conv, conv1d, conv2d, conv3d, conv_transpose, conv_transpose1d,
                              conv_transpose2d, conv_transpose3d, pad, unwindows, windows)
 from graphdl.ops.norm import batch_norm, group_norm, instance_norm, layer_norm
@@ -145,7 +145,7 @@ __all__ = [
     "multiply", "divide", "negative", "power", "greater", "greater_equal", "less",
     "less_equal", "equal", "not_equal", "logical_not", "logical_and", "logical_or",
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "softplus", "swish", "elu",
-    "softmax", "log_softmax", "matmul", "sum", "mean", "max", "min", "argmax", "dim_size",
+    "softmax", "log_softmax", "matmul", "tensordot", "sum", "mean", "max", "min", "argmax", "dim_size",
     "reshape", "transpose", "swapaxes", "broadcast_to", "concat", "gather", "scatter_add",
     "take", "one_hot", "stop_gradient", "getitem",
     # convolution, pooling, normalization, randomness (conv.py, pool.py, norm.py, random.py)

@@ -26,7 +26,7 @@ from graphdl.errors import dtype_error, shape_error
 from graphdl.graph import Tensor, as_tensor, constant
 from graphdl.ops.indexing import _slice
 from graphdl.ops.registry import structured
-from graphdl.ops.structured import matmul, reshape, sum, swapaxes
+from graphdl.ops.structured import matmul, reshape, sum, swapaxes, tensordot, transpose
 from graphdl.shapes import FLOAT_DTYPES, Dim, format_shape
 
 
@@ -257,8 +257,10 @@ def conv(x, w, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tens
 
     y[n, o, p] = b[o] + sum_{c in group(o), k} w[o, c, k] * xpad[n, c, p*stride + k*dilation]
 
-    Built as pad -> windows -> reshape (im2col) -> matmul -> reshape; depthwise groups
-    (one input channel per group) use a multiply-and-sum instead of a matmul per channel.
+    Built as pad -> windows -> transpose + reshape (the im2col copy, (C*K, N, L)) -> one
+    tensordot (a single GEMM over the whole batch) -> transpose; grouped convolution uses
+    a batched matmul per sample, depthwise groups (one input channel per group) a
+    multiply-and-sum.
 
     Example:
         >>> y = gd.conv(x, w, b, stride=1, padding="same")
@@ -277,7 +279,15 @@ def conv(x, w, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tens
     c_group, o_group = w.shape[1], c_out // groups
     kk = int(np.prod(kernel))
     length = int(np.prod(out_spatial))
-    if groups > 1 and c_group == 1:
+    if groups == 1:
+        # The batch folds into the GEMM's columns, one GEMM for the whole batch (and one for
+        # each gradient): (O, C*kk) x (C*kk, N, L) -> (O, N, L), then a free transpose.
+        perm = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
+        cols = reshape(transpose(cols, perm), (c_group * kk, n, length))  # the im2col copy
+        y = tensordot(reshape(w, (c_out, c_group * kk)), cols, 1)
+        y = reshape(y, (c_out, n) + tuple(out_spatial))
+        return _add_bias(transpose(y, (1, 0) + tuple(range(2, 2 + d))), b, d)
+    if c_group == 1:
         # depthwise: (N, g, 1, kk, L) * (g, Og, kk, 1) summed over kk
         cols = reshape(cols, (n, groups, 1, kk, length))
         y = sum(cols * reshape(w, (groups, o_group, kk, 1)), axis=3)

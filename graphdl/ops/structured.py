@@ -55,6 +55,63 @@ def matmul(a, b) -> Tensor:
     return _make("matmul", (a, b), {}, shape, promote(a.dtype, b.dtype))
 
 
+def _tensordot_vjp(gy, node):
+    a, b = node.inputs
+    k = node.attr("axes")
+    free_a, free_b = a.ndim - k, b.ndim - k
+    # a (I, K), b (K, J), gy (I, J): ga = gy . b^(J, K), gb = a^(K, I) . gy
+    b_jk = transpose(b, tuple(range(k, b.ndim)) + tuple(range(k)))
+    a_ki = transpose(a, tuple(range(free_a, a.ndim)) + tuple(range(free_a)))
+    return tensordot(gy, b_jk, free_b), tensordot(a_ki, gy, free_a)
+
+
+TENSORDOT = structured("tensordot", vjp=_tensordot_vjp,
+                       doc="Contract the last k axes of a with the first k axes of b")
+
+
+def tensordot(a, b, axes=2) -> Tensor:
+    """Sum products over axes, as numpy.tensordot: y[i..., j...] = sum_k a[i..., k...] b[k..., j...].
+
+    `axes` is k (the last k axes of a against the first k of b) or a pair of axis lists.
+    Free and contracted axes may be symbolic (the batch): on the llvm backend each group of
+    axes becomes one dimension of a single GEMM (convolution uses it to fold the batch).
+
+    Example:
+        >>> y = gd.tensordot(W, cols, axes=1)    # (O, K) x (K, N, L) -> (O, N, L)
+    """
+    a, b = as_tensor(a), as_tensor(b, a)
+    if not isinstance(axes, (int, np.integer)):
+        try:
+            ax_a, ax_b = ([int(i) for i in ((v,) if isinstance(v, (int, np.integer)) else v)]
+                          for v in axes)
+        except (TypeError, ValueError):
+            raise shape_error(f"tensordot: axes must be an int or a pair of axis lists, got "
+                              f"{axes!r}") from None
+        if len(ax_a) != len(ax_b):
+            raise shape_error(f"tensordot: {len(ax_a)} axes of a against {len(ax_b)} of b")
+        ax_a = [i % a.ndim if -a.ndim <= i < a.ndim else None for i in ax_a]
+        ax_b = [i % b.ndim if -b.ndim <= i < b.ndim else None for i in ax_b]
+        if None in ax_a or None in ax_b or len(set(ax_a)) < len(ax_a) \
+                or len(set(ax_b)) < len(ax_b):
+            raise shape_error(f"tensordot: invalid axes {axes!r} for shapes "
+                              f"{format_shape(a.shape)} and {format_shape(b.shape)}")
+        a = transpose(a, [i for i in range(a.ndim) if i not in ax_a] + ax_a)
+        b = transpose(b, ax_b + [i for i in range(b.ndim) if i not in ax_b])
+        axes = len(ax_a)
+    k = int(axes)
+    if not 0 <= k <= a.ndim or k > b.ndim:
+        raise shape_error(f"tensordot: cannot contract {k} axes of {format_shape(a.shape)} "
+                          f"and {format_shape(b.shape)}")
+    if a.shape[a.ndim - k:] != b.shape[:k]:
+        raise shape_error(f"tensordot: contracted axes differ: {format_shape(a.shape)} and "
+                          f"{format_shape(b.shape)} over {k} axes")
+    if a.dtype not in FLOAT_DTYPES or b.dtype not in FLOAT_DTYPES:
+        raise dtype_error(f"tensordot needs float tensors, got {a.dtype} and {b.dtype}")
+    from graphdl.shapes import promote
+    shape = a.shape[:a.ndim - k] + b.shape[k:]
+    return _make("tensordot", (a, b), {"axes": k}, shape, promote(a.dtype, b.dtype))
+
+
 # -- reductions ----------------------------------------------------------------------------
 def _reduced_shape(shape, axes, keepdims):
     if keepdims:

@@ -31,7 +31,7 @@ from graphdl.shapes import is_static
 # the arrays it already holds; bigger results are computed at run time instead.
 MAX_FOLD_ELEMENTS = 1_000_000
 
-FOLDABLE = frozenset({"matmul", "sum", "max", "argmax", "reshape", "transpose", "slice",
+FOLDABLE = frozenset({"matmul", "tensordot", "sum", "max", "argmax", "reshape", "transpose", "slice",
                       "unslice", "concat", "gather", "scatter_add", "one_hot",
                       "stop_gradient", "zero_one"})
 

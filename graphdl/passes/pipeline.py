@@ -206,6 +206,14 @@ def _matmul_problem(node):
     return None if node.shape[-2:] == (a.shape[-2], b.shape[-1]) else "matmul shape differs"
 
 
+def _tensordot_problem(node):
+    a, b = node.inputs
+    k = node.attr("axes")
+    if a.shape[a.ndim - k:] != b.shape[:k]:
+        return f"tensordot of {a.shape} and {b.shape} over {k} axes"
+    return None if node.shape == a.shape[:a.ndim - k] + b.shape[k:] else "tensordot shape differs"
+
+
 _STRUCTURED_CHECKS = {
     "reshape": _reshape_problem,
     "transpose": _transpose_problem,
@@ -213,6 +221,7 @@ _STRUCTURED_CHECKS = {
     "sum": _reduce_problem,
     "max": _reduce_problem,
     "matmul": _matmul_problem,
+    "tensordot": _tensordot_problem,
     "stop_gradient": _same_as_input,
 }
 

@@ -79,6 +79,7 @@ def _scan_case(x, h, w):
 # name -> (builder over float64 inputs, input shapes)
 STRUCTURED_CASES = {
     "matmul": (lambda a, b: a @ b, [(2, 3, 4), (4, 5)]),
+    "tensordot": (lambda a, b: gd.tensordot(a, b, ([1, 2], [2, 0])), [(2, 3, 4), (4, 5, 3)]),
     "sum": (lambda a: a.sum(axis=(0, 2), keepdims=True), [(2, 3, 4)]),
     "max": (lambda a: a.max(axis=1), [(3, 4)]),
     "dim_size": (lambda a: a * gd.dim_size(gd.reshape(a, (-1, 2)), 0), [(3, 4)]),
