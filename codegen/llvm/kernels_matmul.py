@@ -47,8 +47,133 @@ def _fold_batch(out: View, a: View, b: View):
     return rows
 
 
+DOT_MAX_N = 16          # at most this many columns of out: the dot-product kernel
+DOT_MIN_K = 512         # and at least this long a contraction
+DOT_CHUNK_BYTES = 2048  # per row of a and column of b: N columns of a chunk stay in L1
+
+
+def _dot_shaped(out: View, a: View, b: View) -> bool:
+    """A long, thin product the packed GEMM serves badly: out (M, N <= 16) = a (M, K) b (K, N)
+    with K >= 512 and both operands contiguous along K (a convolution's weight gradient:
+    a 16 x 9 result summed over 64 * 28 * 28 pixels). The GEMM would pad N to its register
+    tile and pack B; dot products read both operands straight along K instead."""
+    return (len(out.shape) == 2 and out.shape[1] <= DOT_MAX_N and a.shape[1] >= DOT_MIN_K
+            and a.strides[1] == 1 and b.strides[0] == 1)
+
+
+def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
+    """out = a @ b as M x N dot products of length K, vectorized along K.
+
+    The parallel range is the rows of out. K is walked in chunks that keep a chunk of the
+    row of a and the N columns of b in L2 (4096 float32); per row and chunk, N vector
+    accumulators take one FMA each per loaded vector of a, then each adds its lanes into
+    out[m, n]. The K % lanes tail is a scalar loop.
+    """
+    dtype = out.dtype
+    ft = ir_type(dtype)
+    lanes = 16 if dtype == "float32" else 8
+    vec = ir.VectorType(ft, lanes)
+    m_rows, k_len = a.shape
+    n_cols = b.shape[1]
+    chunk = DOT_CHUNK_BYTES // (4 if dtype == "float32" else 8)
+    k_full = k_len - k_len % lanes
+    kb = KernelBuilder(module, name, [out, a, b], writes=[0], label=label)
+    bd = kb.b
+    vname = "v%df%d" % (lanes, 32 if dtype == "float32" else 64)
+    fma_name = "llvm.fma." + vname
+    fma = module.globals.get(fma_name) or ir.Function(
+        module, ir.FunctionType(vec, [vec] * 3), fma_name)
+    accs = [bd.alloca(vec, name=f"acc{n}") for n in range(n_cols)]
+    total = bd.alloca(ft, name="total")
+    po, pa, pb = kb.pointers
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    zero_vec = ir.Constant(vec, [0.0] * lanes)
+
+    def loop(start, stop, step, tag, body):
+        pre = bd.block
+        head = bd.append_basic_block(tag + ".head")
+        inner = bd.append_basic_block(tag + ".body")
+        done = bd.append_basic_block(tag + ".done")
+        bd.branch(head)
+        bd.position_at_end(head)
+        i = bd.phi(I64, name=tag)
+        i.add_incoming(start, pre)
+        bd.cbranch(bd.icmp_signed("<", i, stop), inner, done)
+        bd.position_at_end(inner)
+        body(i)
+        i.add_incoming(bd.add(i, c(step)), bd.block)
+        bd.branch(head)
+        bd.position_at_end(done)
+
+    def out_ptr(m, n):
+        return bd.gep(po, [bd.add(c(out.offset + n * out.strides[1]),
+                                  bd.mul(m, c(out.strides[0])))])
+
+    def a_index(m, k):
+        return bd.add(bd.add(c(a.offset), bd.mul(m, c(a.strides[0]))), k)
+
+    def b_index(n, k):
+        return bd.add(c(b.offset + n * b.strides[1]), k)
+
+    def zero_row(m):
+        for n in range(n_cols):
+            bd.store(ir.Constant(ft, 0.0), out_ptr(m, n))
+
+    loop(kb.begin, kb.end, 1, "zero", zero_row)
+
+    def chunk_body(k0):
+        k1 = bd.add(k0, c(chunk))
+        k1 = bd.select(bd.icmp_signed("<", k1, c(k_full)), k1, c(k_full))
+
+        def row(m):
+            for acc in accs:
+                bd.store(zero_vec, acc)
+
+            def step(k):
+                va = bd.load(bd.bitcast(bd.gep(pa, [a_index(m, k)]), vec.as_pointer()),
+                             align=4)
+                for n, acc in enumerate(accs):
+                    vb = bd.load(bd.bitcast(bd.gep(pb, [b_index(n, k)]), vec.as_pointer()),
+                                 align=4)
+                    bd.store(bd.call(fma, [va, vb, bd.load(acc)]), acc)
+
+            loop(k0, k1, lanes, "k", step)
+            for n, acc in enumerate(accs):
+                v = bd.load(acc)
+                s = bd.extract_element(v, ir.Constant(ir.IntType(32), 0))
+                for lane in range(1, lanes):
+                    s = bd.fadd(s, bd.extract_element(v, ir.Constant(ir.IntType(32), lane)))
+                p = out_ptr(m, n)
+                bd.store(bd.fadd(bd.load(p), s), p)
+
+        loop(kb.begin, kb.end, 1, "m", row)
+
+    loop(c(0), c(k_full), chunk, "chunk", chunk_body)
+    if k_full < k_len:
+        def tail_row(m):
+            for n in range(n_cols):
+                bd.store(ir.Constant(ft, 0.0), total)
+
+                def tail(k):
+                    x = bd.load(bd.gep(pa, [a_index(m, k)]))
+                    y = bd.load(bd.gep(pb, [b_index(n, k)]))
+                    bd.store(bd.fadd(bd.load(total), bd.fmul(x, y)), total)
+
+                loop(c(k_full), c(k_len), 1, f"t{n}", tail)
+                p = out_ptr(m, n)
+                bd.store(bd.fadd(bd.load(p), bd.load(total)), p)
+
+        loop(kb.begin, kb.end, 1, "tail", tail_row)
+    kb.finish()
+    flops = 2 * m_rows * n_cols * k_len
+    return Kernel(name, m_rows, flops // 8, label=label,
+                  detail={"flops": flops, "blocks": m_rows, "kind": "dot"})
+
+
 def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label="") -> Kernel:
     """out = a @ b with NumPy batch broadcasting; `blocks` column blocks run in parallel."""
+    if _dot_shaped(out, a, b):
+        return emit_dot(module, name, out, a, b, label)
     dtype = out.dtype
     a = a.broadcast(out.shape[:-2] + a.shape[-2:])
     b = b.broadcast(out.shape[:-2] + b.shape[-2:])
@@ -62,11 +187,23 @@ def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label=""
                                                           out.shape[:-2])))
     rows = folded or n
     ws = workspace_elements(dtype)
+    threads = blocks
     width = -(-m // blocks) if blocks else m
     # Round column blocks to a multiple of 64 so that every block but the last stays on the
     # GEMM's register-tile grid.
     width = max(64, -(-width // 64) * 64)
     blocks = max(1, -(-m // width))
+    row_step = rows
+    mr = _mr(dtype)
+    last = m - (blocks - 1) * width
+    if threads > 1 and (blocks < threads or 2 * last < width) and rows >= threads * mr:
+        # Too few or unequal column blocks (a weight gradient: 32 x 144 over a long K):
+        # split the rows instead, on the register-tile grid.
+        row_step = -(-rows // (threads * mr)) * mr
+        width, blocks = m, 1
+    row_blocks = -(-rows // row_step)
+    col_blocks = blocks
+    blocks = row_blocks * col_blocks
     b_ = kb.b
 
     def offset(view, batch):
@@ -80,19 +217,26 @@ def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label=""
     b_.position_at_end(loop)
     blk = b_.phi(I64)
     blk.add_incoming(kb.begin, pre)
-    col0 = b_.mul(blk, ir.Constant(I64, width))
+    const = lambda v: ir.Constant(I64, v)  # noqa: E731
+    cb = b_.urem(blk, const(col_blocks))
+    row0 = b_.mul(b_.udiv(blk, const(col_blocks)), const(row_step))
+    row1 = b_.add(row0, const(row_step))
+    nrows = b_.sub(b_.select(b_.icmp_signed("<", row1, const(rows)), row1, const(rows)), row0)
+    col0 = b_.mul(cb, ir.Constant(I64, width))
     col1 = b_.add(col0, ir.Constant(I64, width))
     col1 = b_.select(b_.icmp_signed("<", col1, ir.Constant(I64, m)), col1, ir.Constant(I64, m))
     ncols = b_.sub(col1, col0)
     work = b_.gep(kb.pointers[3], [b_.mul(blk, ir.Constant(I64, ws))])
     for batch in batches:
-        a_ptr = b_.gep(kb.pointers[1], [ir.Constant(I64, offset(a, batch))])
+        a_ptr = b_.gep(kb.pointers[1], [b_.add(const(offset(a, batch)),
+                                               b_.mul(row0, const(a.strides[-2])))])
         b_off = b_.add(ir.Constant(I64, offset(b, batch)),
                        b_.mul(col0, ir.Constant(I64, b.strides[-1])))
-        c_off = b_.add(ir.Constant(I64, offset(out, batch)),
+        c_off = b_.add(b_.add(const(offset(out, batch)),
+                              b_.mul(row0, const(out.strides[-2] or m))),
                        b_.mul(col0, ir.Constant(I64, out.strides[-1] or 1)))
         b_.call(gemm, [
-            ir.Constant(I64, rows), ncols, ir.Constant(I64, k),
+            nrows, ncols, ir.Constant(I64, k),
             a_ptr, ir.Constant(I64, a.strides[-2]), ir.Constant(I64, a.strides[-1]),
             b_.gep(kb.pointers[2], [b_off]), ir.Constant(I64, b.strides[-2]),
             ir.Constant(I64, b.strides[-1]),
@@ -108,6 +252,32 @@ def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label=""
     return Kernel(name, blocks, flops // 8, label=label,
                   detail={"flops": flops, "blocks": blocks,
                           "workspace_bytes": ws * blocks * itemsize})
+
+
+def _packed_elements(a: View, b: View) -> int:
+    """Elements the GEMM packs for a (M, K) @ b (K, N): all of B, and A unless its MR-row
+    tiles are read in place (row-major A; A^T when N is at most 4 register tiles wide)."""
+    from graphdl.codegen.llvm import gemm
+    (m, k), n = a.shape, b.shape[1]
+    nr = gemm.blocking(a.dtype)["NR"]
+    in_place = a.strides[1] == 1 or (a.strides[0] == 1 and n <= 4 * nr)
+    return k * n + (0 if in_place else m * k)
+
+
+def swap_cheaper(a: View, b: View) -> bool:
+    """Whether b^T a^T (the transposed product) packs clearly less than a @ b; a dot-shaped
+    product (see _dot_shaped) stays as it is."""
+    m, n = a.shape[0], b.shape[1]
+    if m * n == 0 or _dot_shaped(View(0, 0, (m, n), (n, 1), a.dtype), a, b):
+        return False
+    return 10 * _packed_elements(b.transpose((1, 0)), a.transpose((1, 0))) < \
+        7 * _packed_elements(a, b)
+
+
+def _mr(dtype: str) -> int:
+    """Rows of the GEMM's register tile for dtype."""
+    from graphdl.codegen.llvm import gemm
+    return gemm.blocking(dtype)["MR"]
 
 
 # The slot of the shared GEMM workspace; set by the lowering before kernels are emitted.

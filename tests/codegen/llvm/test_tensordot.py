@@ -1,0 +1,147 @@
+"""tensordot on the llvm backend: one GEMM over merged axis groups, the transposed product
+when it packs less, the dot-product kernel for long thin products, row-split threads; and
+View.reshape without copies. Every result is compared with NumPy (an independent reference).
+"""
+
+import numpy as np
+import pytest
+
+import graphdl as gd
+from graphdl.codegen.llvm.loops import View
+from graphdl.errors import ShapeError
+
+
+def _run(build, arrays, dtype, threads=2, backend="llvm"):
+    before = gd.get_num_threads()
+    gd.set_num_threads(threads)
+    try:
+        inputs = [gd.input(f"x{i}", a.shape, dtype) for i, a in enumerate(arrays)]
+        y = build(*inputs)
+        loss = (y * y).sum()
+        grads = gd.grad(loss, inputs)
+        f = gd.function(inputs, [y] + list(grads), backend=backend)
+        return f(*arrays), f
+    finally:
+        gd.set_num_threads(before)
+
+
+def _kinds(f, arrays):
+    compiled = f.program.for_sizes({})
+    return [k.detail.get("kind", k.name.split("_", 1)[1]) for k in compiled.plan.kernels]
+
+
+CASES = [
+    # (a shape, b shape, axes): plain, multi-axis, axis lists, thin-long (dot kernel, odd K
+    # tail), weight-gradient shape (transposed product), wide forward shape (row split)
+    ((3, 4, 5), (4, 5, 6), 2),
+    ((7, 9), (9, 3, 2), 1),
+    ((3, 4, 5), (6, 5, 4), ([1, 2], [2, 1])),
+    ((16, 1000), (1000, 9), 1),
+    ((5, 2003), (2003, 3), 1),
+    ((32, 700), (700, 144), 1),
+    ((24, 37), (37, 300), 1),
+    ((4, 6), (5, 7), 0),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("a_shape,b_shape,axes", CASES)
+def test_tensordot_matches_numpy(a_shape, b_shape, axes, dtype):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    (y, ga, gb), _ = _run(lambda x, w: gd.tensordot(x, w, axes), [a, b], dtype)
+    ref = np.tensordot(a, b, axes)
+    tol = dict(rtol=2e-4, atol=2e-3) if dtype == "float32" else dict(rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(y, ref, **tol)
+    # d(sum y^2)/da = tensordot(2y, b) over b's free axes: checked through NumPy's einsum
+    ax_a, ax_b = (list(range(a.ndim - axes, a.ndim)), list(range(axes))) \
+        if isinstance(axes, int) else axes
+    la = "abcdefgh"[:a.ndim]
+    lb = list("ijklmnop"[:b.ndim])
+    for i, j in zip(ax_a, ax_b):
+        lb[j] = la[i]
+    lb = "".join(lb)
+    ly = "".join(c for c in la if c not in lb) + "".join(c for c in lb if c not in la)
+    g = 2 * ref
+    np.testing.assert_allclose(ga, np.einsum(f"{ly},{lb}->{la}", g, b), **tol)
+    np.testing.assert_allclose(gb, np.einsum(f"{ly},{la}->{lb}", g, a), **tol)
+
+
+def test_thin_long_product_uses_the_dot_kernel_and_one_thread_agrees():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((16, 5000)).astype("float32")
+    b = rng.standard_normal((9, 5000)).astype("float32")
+    results = []
+    for threads in (1, 2):
+        (y, _, _), f = _run(lambda x, w: gd.tensordot(x, w.T, 1), [a, b], "float32", threads)
+        results.append(y)
+    assert "dot" in _kinds(f, [a, b])
+    np.testing.assert_allclose(results[0], a @ b.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(results[1], a @ b.T, rtol=1e-4, atol=1e-3)
+
+
+def test_transposed_product_is_a_view_and_feeds_later_ops():
+    # a weight-gradient shape: 32 x 144 summed over a long K with B = cols^T
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((32, 3000)).astype("float64")
+    c = rng.standard_normal((144, 3000)).astype("float64")
+    (y, _, _), f = _run(lambda x, w: gd.tensordot(x, w.T, 1).reshape(32, 16, 9) + 1.0,
+                        [a, c], "float64")
+    np.testing.assert_allclose(y, (a @ c.T).reshape(32, 16, 9) + 1.0, rtol=1e-10)
+
+
+def test_symbolic_batch_in_contracted_and_free_groups():
+    rng = np.random.default_rng(3)
+    w = gd.param("w", rng.standard_normal((5, 6)))
+    x = gd.input("x", (6, None, 7), "float64")
+    y = gd.tensordot(w, x, 1)                      # (5, N, 7)
+    z = gd.tensordot(y, x, ([1, 2], [1, 2]))       # contract the batch too: (5, 6)
+    f = gd.function([x], [y, z])
+    for n in (1, 4):
+        xv = rng.standard_normal((6, n, 7))
+        yv, zv = f(xv)
+        np.testing.assert_allclose(yv, np.tensordot(w.value, xv, 1), rtol=1e-10)
+        np.testing.assert_allclose(zv, np.tensordot(yv, xv, ([1, 2], [1, 2])), rtol=1e-10)
+
+
+@pytest.mark.parametrize("axes", [3, ([0], [0, 1]), ([5], [0]), ([0, 0], [0, 1])])
+def test_bad_axes_raise_shape_errors(axes):
+    a, b = gd.input("a", (2, 3)), gd.input("b", (3, 4))
+    with pytest.raises(ShapeError):
+        gd.tensordot(a, b, axes)
+
+
+def test_mismatched_contracted_axes_name_the_shapes():
+    with pytest.raises(ShapeError, match=r"\(2, 3\)"):
+        gd.tensordot(gd.input("a", (2, 3)), gd.input("b", (4, 4)), 1)
+
+
+RESHAPES = [
+    ((2, 3, 4), (1, 0, 2), (3, 2, 2, 2)),
+    ((2, 3, 4), (1, 0, 2), (6, 4)),
+    ((2, 3, 4), (0, 2, 1), (2, 12)),
+    ((2, 3, 4, 5), (1, 0, 2, 3), (3, 2, 20)),
+    ((2, 3, 4, 5), (1, 0, 2, 3), (3, 1, 2, 20, 1)),
+    ((2, 1, 4, 5), (1, 0, 2, 3), (2, 20)),
+    ((4, 6), (1, 0), (2, 3, 4)),
+    ((4, 6), (1, 0), (24,)),
+]
+
+
+@pytest.mark.parametrize("shape,perm,new", RESHAPES)
+def test_view_reshape_is_numpys_no_copy_reshape(shape, perm, new):
+    base = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    t = base.transpose(perm)
+    view = View.contiguous(0, shape, "float64").transpose(perm).reshape(new)
+    try:
+        expected_view = t.view()
+        expected_view.shape = new                  # NumPy: possible without a copy?
+        possible = True
+    except AttributeError:
+        possible = False
+    assert (view is not None) == possible
+    if view is not None:
+        got = np.lib.stride_tricks.as_strided(base.ravel()[view.offset:], view.shape,
+                                              [s * 8 for s in view.strides])
+        np.testing.assert_array_equal(got, t.reshape(new))
