@@ -190,12 +190,25 @@ def emit_fill(module, name, out: View, value, label="") -> Kernel:
 
 
 # -- reductions ------------------------------------------------------------------------------
-def emit_reduce(module, name, out: View, x: View, axes, kind: str, label="") -> Kernel:
-    """Sum or max over `axes` of x into out (out has x's shape with `axes` set to 1)."""
-    keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+def emit_reduce(module, name, out: View, x, axes, kind: str, label="",
+                producer=None) -> Kernel:
+    """Sum or max over `axes` of x into out (out has x's shape with `axes` set to 1).
+
+    x is a View, or with `producer=(inputs, expr)` the shape of an elementwise node that is
+    never stored: each element is expr evaluated on the inputs (Views broadcast to that
+    shape, or numbers) where the reduction reads it (softmax's exp(x - max), a pooling
+    gradient's tie count).
+    """
+    shape_x = x.shape if isinstance(x, View) else tuple(x)
+    keep_shape = tuple(1 if i in axes else d for i, d in enumerate(shape_x))
     out_b = View(out.slot, out.offset, keep_shape,
                  View.contiguous(0, keep_shape, out.dtype).strides, out.dtype)
-    views = [out_b, x]
+    if producer is None:
+        views = [out_b, x]
+    else:
+        p_inputs, p_expr = producer
+        views = [out_b] + [v.broadcast(shape_x) for v in p_inputs if isinstance(v, View)]
+        x = View(-1, 0, shape_x, (0,) * len(shape_x), out.dtype)     # its shape only
     kb = KernelBuilder(module, name, views, writes=[0], label=label)
     ftype = ir_type(out.dtype) if out.dtype in ("float32", "float64") else I64
     is_float = out.dtype in ("float32", "float64")
@@ -215,8 +228,23 @@ def emit_reduce(module, name, out: View, x: View, axes, kind: str, label="") -> 
         return kb.b.select(take, v, acc)
 
     def load_x(idx):
+        if producer is not None:
+            return _evaluate(idx)
         v = kb.load(1, element_index(kb.b, idx, x.strides, x.offset))
         return convert(kb.b, v, out.dtype) if v.type != ftype else v
+
+    def _evaluate(idx):
+        p_inputs, p_expr = producer
+        ctype = compute_type([out.dtype] + [v.dtype for v in p_inputs if isinstance(v, View)])
+        values, k = {}, 1
+        for j, v in enumerate(p_inputs):
+            if isinstance(v, View):
+                values[I[j]] = kb.load(k, element_index(kb.b, idx, views[k].strides,
+                                                        views[k].offset))
+                k += 1
+            else:
+                values[I[j]] = ir.Constant(ctype, float(v))
+        return convert(kb.b, ScalarEmitter(kb.b, ctype, values).emit(p_expr), out.dtype)
 
     # Initialise the output rows this range owns, then accumulate.
     out_outer = [d for i, d in enumerate(keep_shape)]

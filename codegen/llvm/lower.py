@@ -197,8 +197,9 @@ class Lowering:
             buf = self.new_buffer("output", self.shape(o), o.dtype, o)
             buf.slot = len(self.inputs) + k
             self.output_buffers.append(buf)
+        self.virtual = self._virtual_producers(order)
         for node in order:
-            if node in self.views:
+            if node in self.views or node in self.virtual:
                 continue
             if node.storage is not None:
                 self._leaf(node)
@@ -211,10 +212,66 @@ class Lowering:
             elif node.op in ("scan", "scan_get"):      # loops: codegen/llvm/scan.py
                 from graphdl.codegen.llvm import scan
                 scan.plan(self, node)
-            else:
+            elif not self._into_unwindows(node):
                 self._materialize(node, out_taken)
         self._finish_outputs(out_taken)
         self._finish_updates()
+
+    fuse_reductions = True
+
+    def _virtual_producers(self, order) -> set:
+        """Elementwise nodes read only by one sum/max: never stored, the reduction evaluates
+        their expression where it reads them (no buffer written and read back)."""
+        if self.instrument or not self.fuse_reductions:
+            self.consumers = {}
+            return set()
+        consumers: dict = {}
+        for n in order:
+            for p in set(n.inputs):
+                consumers.setdefault(p, []).append(n)
+        kept = set(self.outputs) | {v for _, v in self.updates} | {v for v, _ in self.updates}
+        self.consumers = consumers
+        virtual = set()
+        for n in order:
+            users = consumers.get(n, [])
+            if (is_elementwise(n) and n not in kept and len(users) == 1
+                    and users[0].op in ("sum", "max") and users[0].inputs[0] is n
+                    and n.storage is None):
+                virtual.add(n)
+        return virtual
+
+    def _into_unwindows(self, node) -> bool:
+        """An elementwise node read only by an unwindows whose windows do not overlap (a
+        max-pool gradient) is computed straight into the unwindows' buffer through its
+        windows view: col2im becomes a zero fill of the uncovered elements (if any)."""
+        users = self.consumers.get(node, [])
+        if not is_elementwise(node) or len(users) != 1 or users[0].op != "unwindows":
+            return False
+        u = users[0]
+        kept = set(self.outputs) | {v for _, v in self.updates} | {v for v, _ in self.updates}
+        if node in kept or u in kept or u.inputs[0] is not node:
+            return False
+        kernel, stride, dilation = u.attr("kernel"), u.attr("stride"), u.attr("dilation")
+        u_shape = self.shape(u)
+        spatial = u_shape[len(u_shape) - len(kernel):]
+        out = self.shape(node)[len(u_shape):]
+        covered = True
+        for size, k, st, dl, o in zip(spatial, kernel, stride, dilation, out):
+            hits = np.zeros(size, dtype=np.int64)
+            for j in range(k):
+                np.add.at(hits, np.arange(o) * st + j * dl, 1)
+            if hits.max(initial=0) > 1:
+                return False                   # overlapping windows add up: a real col2im
+            covered &= bool(hits.min(initial=1) == 1)
+        buf = self.new_buffer("arena", u_shape, u.dtype, u)
+        u_view = self.buffer_view(buf, u_shape, u.dtype)
+        self._set(u, u_view, buf)
+        if not covered:
+            self.steps.append(Step("fill", u, u_view, [], {"value": 0.0}))
+        view = u_view.windows(kernel, stride, dilation)
+        self._set(node, view, buf)
+        self.steps.append(Step("elementwise", node, view, list(node.inputs)))
+        return True
 
     def _set(self, node, view, buf):
         self.views[node] = view
@@ -282,6 +339,12 @@ class Lowering:
         else:
             buf = self.new_buffer("arena", shape, node.dtype, node)
         view = self.buffer_view(buf, shape, node.dtype)
+        if node.op in ("sum", "max") and node.inputs[0] in self.virtual:
+            producer = node.inputs[0]
+            self._set(node, view, buf)
+            self.steps.append(Step(node.op, node, view, list(producer.inputs),
+                                   {"producer": producer}))
+            return
         if not is_elementwise(node):
             for x in node.inputs:        # structured kernels read memory, not immediates
                 self.view_of(x)
@@ -647,6 +710,12 @@ def emit_step(module, low: Lowering, i: int, step: Step) -> K.Kernel:
     if step.kind == "scan":                           # loops: codegen/llvm/scan.py
         from graphdl.codegen.llvm import scan
         return scan.emit(module, low, i, step)
+    if "producer" in step.attrs:            # sum/max of an elementwise node never stored
+        producer = step.attrs["producer"]
+        return K.emit_reduce(module, name, out, low.shape(producer), node.attr("axes"),
+                             step.kind, label,
+                             producer=([low.operand(x) for x in producer.inputs],
+                                       stabilize(node_expr(producer))))
     ops = [low.operand(x) for x in node.inputs]
     ops = [x if isinstance(x, View) else low.final_view(low.view_of(n))
            for x, n in zip(ops, node.inputs)]

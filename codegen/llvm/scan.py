@@ -94,6 +94,8 @@ class BodyLowering(Lowering):
             for p in n.inputs:
                 self.users[p] = self.users.get(p, 0) + 1
 
+    fuse_reductions = False          # body steps are analysed node by node (scan_split)
+
     def buffer_view(self, buf, shape, dtype) -> View:
         strides = self.input_strides.get(buf.node) if buf.kind == "input" else None
         if strides is not None:
