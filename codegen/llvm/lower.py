@@ -212,7 +212,7 @@ class Lowering:
             elif node.op in ("scan", "scan_get"):      # loops: codegen/llvm/scan.py
                 from graphdl.codegen.llvm import scan
                 scan.plan(self, node)
-            elif not self._into_unwindows(node):
+            elif not self._into_unwindows(node, out_taken):
                 self._materialize(node, out_taken)
         self._finish_outputs(out_taken)
         self._finish_updates()
@@ -240,7 +240,7 @@ class Lowering:
                 virtual.add(n)
         return virtual
 
-    def _into_unwindows(self, node) -> bool:
+    def _into_unwindows(self, node, out_taken) -> bool:
         """An elementwise node read only by an unwindows whose windows do not overlap (a
         max-pool gradient) is computed straight into the unwindows' buffer through its
         windows view: col2im becomes a zero fill of the uncovered elements (if any)."""
@@ -249,7 +249,8 @@ class Lowering:
             return False
         u = users[0]
         kept = set(self.outputs) | {v for _, v in self.updates} | {v for v, _ in self.updates}
-        if node in kept or u in kept or u.inputs[0] is not node:
+        if node in kept or (u in kept and u not in self.outputs) or u.inputs[0] is not node \
+                or u in out_taken:
             return False
         kernel, stride, dilation = u.attr("kernel"), u.attr("stride"), u.attr("dilation")
         u_shape = self.shape(u)
@@ -263,7 +264,11 @@ class Lowering:
             if hits.max(initial=0) > 1:
                 return False                   # overlapping windows add up: a real col2im
             covered &= bool(hits.min(initial=1) == 1)
-        buf = self.new_buffer("arena", u_shape, u.dtype, u)
+        if u in self.outputs:
+            buf = self.output_buffers[self.outputs.index(u)]
+            out_taken.add(u)
+        else:
+            buf = self.new_buffer("arena", u_shape, u.dtype, u)
         u_view = self.buffer_view(buf, u_shape, u.dtype)
         self._set(u, u_view, buf)
         if not covered:

@@ -1,0 +1,95 @@
+"""Lowering-level fusions: a reduction evaluating its single-use elementwise producer, an
+elementwise node written straight into a non-overlapping col2im, bias + ReLU after a GEMM in
+one loop. Each checks the kernels that were emitted AND the numbers against NumPy."""
+
+import numpy as np
+import pytest
+
+import graphdl as gd
+
+
+def _kernels(f, sizes=None):
+    return [k.name.split("_", 1)[1] for k in f.program.for_sizes(sizes or {}).plan.kernels]
+
+
+def test_sum_of_exp_never_stores_the_exp():
+    x = gd.input("x", (64, 300), "float64")
+    y = gd.log(gd.exp(x - 1.0).sum(axis=1))
+    f = gd.function([x], [y])
+    xv = np.random.default_rng(0).standard_normal((64, 300))
+    np.testing.assert_allclose(f(xv)[0], np.log(np.exp(xv - 1.0).sum(axis=1)), rtol=1e-12)
+    kinds = _kernels(f)
+    assert kinds.count("elementwise") <= 1 and "sum" in kinds   # the log only
+
+
+def test_max_of_a_product_fuses_and_keeps_nan():
+    x = gd.input("x", (5, 7), "float64")
+    f = gd.function([x], [(x * 2.0).max(axis=1)])
+    xv = np.random.default_rng(1).standard_normal((5, 7))
+    xv[2, 3] = np.nan
+    (out,) = f(xv)
+    ref = (xv * 2).max(axis=1)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out[~np.isnan(ref)], ref[~np.isnan(ref)])
+    assert _kernels(f) == ["max"]
+
+
+@pytest.mark.parametrize("size,k,stride,pad", [(8, 2, 2, 0), (7, 2, 2, 0), (7, 2, 3, 0),
+                                               (9, 3, 3, 1), (8, 3, 2, 1)])
+def test_max_pool_gradient_against_numpy(size, k, stride, pad):
+    rng = np.random.default_rng(2)
+    xv = rng.standard_normal((2, 3, size, size))
+    xv[0, 0, :2, :2] = 1.5                        # a tie: the gradient is shared
+    x = gd.input("x", xv.shape, "float64")
+    y = gd.max_pool2d(x, k, stride=stride, padding=pad)
+    wv = rng.standard_normal(tuple(y.shape))
+    (g,) = gd.grad((y * gd.constant(wv)).sum(), [x])
+    f = gd.function([x], [y, g])
+    yv, gv = f(xv)
+    # independent loops: ties share the window's gradient equally
+    xp = np.pad(xv, [(0, 0), (0, 0), (pad, pad), (pad, pad)], constant_values=-np.inf)
+    ref_g = np.zeros_like(xp)
+    o = yv.shape[-1]
+    for n in range(2):
+        for c in range(3):
+            for i in range(o):
+                for j in range(o):
+                    win = xp[n, c, i * stride:i * stride + k, j * stride:j * stride + k]
+                    assert yv[n, c, i, j] == win.max()
+                    hit = win == win.max()
+                    ref_g[n, c, i * stride:i * stride + k, j * stride:j * stride + k] += \
+                        hit * wv[n, c, i, j] / hit.sum()
+    np.testing.assert_allclose(gv, ref_g[:, :, pad:pad + size, pad:pad + size], rtol=1e-12)
+    if stride >= k:       # windows do not overlap: no col2im kernel, no stored 0/1 mask
+        assert "unwindows" not in _kernels(f)
+
+
+def test_max_gradient_of_a_nan_window_is_nan():
+    x = gd.input("x", (2, 3), "float64")
+    (g,) = gd.grad(x.max(axis=1).sum(), [x])
+    for backend in ("reference", "llvm"):
+        (gv,) = gd.function([x], [g], backend=backend)(np.array([[1.0, np.nan, 0.0],
+                                                                 [2.0, 2.0, 1.0]]))
+        assert np.isnan(gv[0]).all()
+        np.testing.assert_array_equal(gv[1], [0.5, 0.5, 0.0])
+
+
+def test_bias_relu_after_a_gemm_is_one_loop_in_a_training_step():
+    rng = np.random.default_rng(3)
+    x = gd.input("x", (None, 64))
+    w = gd.param("w", rng.standard_normal((64, 128)).astype("float32") * 0.1)
+    b = gd.param("b", np.zeros(128, "float32"))
+    v = gd.param("v", rng.standard_normal((128, 4)).astype("float32") * 0.1)
+    z = x @ w + b                     # kept: ReLU's gradient reads it
+    loss = ((gd.relu(z) @ v) ** 2).sum()
+    gw, gb, gv = gd.grad(loss, [w, b, v])
+    f = gd.function([x], [loss, gw, gb, gv])
+    xv = rng.standard_normal((256, 64)).astype("float32")
+    lv, gwv, _, _ = f(xv)
+    zv = xv @ w.value + b.value
+    hv = np.maximum(zv, 0)
+    np.testing.assert_allclose(lv, ((hv @ v.value) ** 2).sum(), rtol=1e-4)
+    dz = (2 * (hv @ v.value) @ v.value.T) * (zv > 0)
+    np.testing.assert_allclose(gwv, xv.T @ dz, rtol=1e-3, atol=1e-3)
+    labels = [k.label for k in f.program.for_sizes({"batch": 256}).plan.kernels]
+    assert any("add" in lab and "relu" in lab for lab in labels), labels
