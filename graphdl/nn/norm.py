@@ -2,11 +2,14 @@
 
 Each normalizes with the biased variance of its statistics, then scales by a learnable
 gamma ("<name>.weight", ones) and shifts by beta ("<name>.bias", zeros), as torch.nn does:
-y = (x - mean) / sqrt(var + eps) * gamma + beta. Only BatchNorm differs between training
-(batch statistics, running statistics updated) and eval (running statistics).
+y = (x - mean) / sqrt(var + eps) * gamma + beta. BatchNorm, and InstanceNorm with
+track_running_stats=True, differ between training (batch or instance statistics, running
+statistics updated) and eval (running statistics).
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -20,6 +23,17 @@ from graphdl.ops.structured import transpose
 __all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm"]
 
 
+def _momentum(momentum, what: str):
+    """None (a cumulative average) or a float in [0, 1]."""
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"{what}: momentum must be a number or None, got {momentum!r}")
+    if not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"{what}: momentum must be in [0, 1], got {momentum}")
+    return float(momentum)
+
+
 class _Affine(Module):
     """A normalization with optional per-feature gamma (weight) and beta (bias)."""
 
@@ -27,37 +41,46 @@ class _Affine(Module):
         self.weight = self.param("weight", shape, ones(), dtype) if affine else None
         self.bias = self.param("bias", shape, zeros(), dtype) if affine else None
 
+    def _running_stats(self, track: bool, dtype) -> None:
+        """States "<name>.running_mean" (zeros) and "<name>.running_var" (ones), or None."""
+        self.running_mean = self.running_var = None
+        if track:
+            n = self.num_features
+            self.running_mean = self.state("running_mean", np.zeros(n, dtype=dtype))
+            self.running_var = self.state("running_var", np.ones(n, dtype=dtype))
+
 
 class BatchNorm(_Affine):
     """Batch norm over every axis but `axis`: y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta.
 
     Training: batch statistics (biased variance), and updates of the running statistics in
     PyTorch's form r <- (1 - momentum) r + momentum * stat with the unbiased batch variance
-    var_B * n / (n - 1) (n values per channel); eval: the running statistics. axis=1 covers
-    torch's BatchNorm1d (N, C) or (N, C, L), BatchNorm2d (N, C, H, W) and BatchNorm3d; another
-    axis (-1 for channels-last (N, T, C)) is moved to 1 and back. track_running_stats=False
-    uses batch statistics in both forms. State: "<name>.running_mean" (zeros),
-    "<name>.running_var" (ones).
+    var_B * n / (n - 1) (n values per channel); eval: the running statistics. momentum=None
+    is torch's cumulative moving average, r <- r + (stat - r) / k at the k-th training call,
+    counted by the int64 state "<name>.num_batches_tracked" (created only in that case; it
+    is saved and restored with the other states). axis=1 covers torch's BatchNorm1d (N, C) or
+    (N, C, L), BatchNorm2d (N, C, H, W) and BatchNorm3d; another axis (-1 for channels-last
+    (N, T, C)) is moved to 1 and back. track_running_stats=False uses batch statistics in
+    both forms. State: "<name>.running_mean" (zeros), "<name>.running_var" (ones).
 
     Example:
         >>> bn = gd.nn.BatchNorm(16)
         >>> h_train, h_eval = bn(h, training=True), bn(h)   # bn.updates(): running stats
+        >>> cma = gd.nn.BatchNorm(16, momentum=None)        # cumulative moving average
     """
 
     def __init__(self, num_features: int, axis: int = 1, eps: float = 1e-5,
-                 momentum: float = 0.1, affine: bool = True, track_running_stats: bool = True,
-                 name: str | None = None, dtype="float32"):
+                 momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, name: str | None = None, dtype="float32"):
         super().__init__(name)
         self.num_features, self.axis = int(num_features), int(axis)
-        self.eps, self.momentum = float(eps), float(momentum)
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum}")
+        self.eps, self.momentum = float(eps), _momentum(momentum, "BatchNorm")
         self._affine_params((self.num_features,), affine, dtype)
-        self.running_mean = self.running_var = None
-        if track_running_stats:
-            self.running_mean = self.state("running_mean",
-                                           np.zeros(self.num_features, dtype=dtype))
-            self.running_var = self.state("running_var", np.ones(self.num_features, dtype=dtype))
+        self._running_stats(track_running_stats, dtype)
+        self.num_batches_tracked = None
+        if track_running_stats and self.momentum is None:
+            self.num_batches_tracked = self.state("num_batches_tracked",
+                                                  np.array(0, dtype=np.int64))
 
     def forward(self, x, training: bool = False):
         x = as_tensor(x)
@@ -72,7 +95,7 @@ class BatchNorm(_Affine):
         use_batch = training or self.running_mean is None
         y, updates = batch_norm(x, self.weight, self.bias, self.running_mean,
                                 self.running_var, training=use_batch, momentum=self.momentum,
-                                eps=self.eps)
+                                eps=self.eps, num_batches_tracked=self.num_batches_tracked)
         if training:
             self.add_updates(updates)
         if perm is not None:
@@ -114,26 +137,55 @@ class LayerNorm(_Affine):
 class InstanceNorm(_Affine):
     """Instance norm of x (N, C, *S): y = (x - mean_S) / sqrt(var_S + eps) * gamma[c] + beta[c].
 
-    Statistics per sample and channel over the spatial axes, in training and eval alike
-    (torch's default track_running_stats=False); affine=True (the default here) gives a
-    learnable gamma/beta per channel (torch's InstanceNorm defaults to affine=False).
+    torch.nn.InstanceNorm1d/2d/3d (one class for any number of spatial axes), with torch's
+    defaults: affine=False (no gamma/beta; affine=True gives a learnable "<name>.weight",
+    ones, and "<name>.bias", zeros, per channel) and track_running_stats=False (statistics
+    per sample and channel over the spatial axes, in training and eval alike).
+    track_running_stats=True adds states "<name>.running_mean" (zeros) and
+    "<name>.running_var" (ones): training normalizes by the instance statistics and updates
+    r <- (1 - momentum) r + momentum * stat with stat the mean over the batch of the
+    per-instance means and unbiased variances; eval normalizes by the running statistics.
+    momentum=None is accepted as torch does, which then uses momentum 0: the running
+    statistics keep their values (torch's InstanceNorm never counts batches; for a cumulative
+    average call gd.instance_norm with momentum=None and a num_batches_tracked state).
 
     Example:
-        >>> inorm = gd.nn.InstanceNorm(16)
+        >>> inorm = gd.nn.InstanceNorm(16, affine=True)
         >>> h = inorm(h)                          # (N, 16, H, W)
+        >>> tracked = gd.nn.InstanceNorm(16, track_running_stats=True)
+        >>> h_train, h_eval = tracked(h, training=True), tracked(h)  # tracked.updates()
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False,
                  name: str | None = None, dtype="float32"):
         super().__init__(name)
         self.num_features, self.eps = int(num_features), float(eps)
-        self._affine_params((self.num_features,), affine, dtype)
+        self.momentum = _momentum(momentum, "InstanceNorm")
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        self._affine_params((self.num_features,), self.affine, dtype)
+        self._running_stats(self.track_running_stats, dtype)
 
     def forward(self, x, training: bool = False):
-        return instance_norm(x, self.weight, self.bias, self.eps)
+        x = as_tensor(x)
+        if ((self.affine or self.track_running_stats) and x.ndim >= 3
+                and x.shape[1] != self.num_features):
+            raise shape_error(f"{self.name}: expected {self.num_features} channels on axis 1, "
+                              f"got x of shape {x.shape}")
+        if not self.track_running_stats:
+            return instance_norm(x, self.weight, self.bias, self.eps)
+        momentum = 0.0 if self.momentum is None else self.momentum   # as torch
+        y, updates = instance_norm(x, self.weight, self.bias, self.eps,
+                                   running_mean=self.running_mean,
+                                   running_var=self.running_var, training=training,
+                                   momentum=momentum)
+        if training:
+            self.add_updates(updates)
+        return y
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
 class GroupNorm(_Affine):

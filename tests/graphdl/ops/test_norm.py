@@ -149,3 +149,248 @@ def test_norm_errors():
         gd.batch_norm(x, gd.input("g", (5,)))
     with pytest.raises(ValueError, match="running"):
         gd.batch_norm(x, training=False)
+
+
+# -- running statistics: momentum=None (cumulative average), num_batches_tracked, instance norm
+
+
+BACKENDS = ["reference", "llvm"]
+
+
+def _numpy_running(rm, rv, stat_mean, stat_var, factor):
+    """PyTorch's update r <- (1 - f) r + f * stat, written out in NumPy."""
+    return (1 - factor) * rm + factor * stat_mean, (1 - factor) * rv + factor * stat_var
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_momentum_none_is_a_cumulative_average_counted_by_a_state(backend):
+    c = 3
+    x = gd.input("x", (None, c, 4), "float64")
+    rm, rv = gd.state("rm", np.full(c, 0.25)), gd.state("rv", np.full(c, 3.0))
+    k = gd.state("k", np.array(0, np.int64))
+    y, updates = gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=None,
+                               num_batches_tracked=k)
+    assert [v for v, _ in updates] == [rm, rv, k]
+    step = gd.function([x], y, updates=updates, backend=backend)
+    batches = [RNG.standard_normal((n, c, 4)) * s + o
+               for n, s, o in ((5, 1.0, 0.0), (2, 3.0, -1.0), (7, 0.5, 2.0), (3, 2.0, 1.0))]
+    for i, xv in enumerate(batches, start=1):
+        np.testing.assert_allclose(step(xv), _normalized(xv, (0, 2), 1e-5), rtol=1e-9,
+                                   atol=1e-10)
+        assert k.value.dtype == np.int64 and int(k.value) == i
+    # the cumulative average of the per-batch statistics; the initial values are forgotten
+    want_mean = np.mean([b.mean(axis=(0, 2)) for b in batches], axis=0)
+    want_var = np.mean([b.var(axis=(0, 2), ddof=1) for b in batches], axis=0)
+    np.testing.assert_allclose(rm.value, want_mean, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(rv.value, want_var, rtol=1e-12)
+    y_eval, none = gd.batch_norm(x, running_mean=rm, running_var=rv, training=False,
+                                 momentum=None, num_batches_tracked=k)
+    assert none == []
+    xv = RNG.standard_normal((2, c, 4))
+    got = gd.function([x], y_eval, backend=backend)(xv)
+    np.testing.assert_allclose(got, (xv - _channel(want_mean, 3))
+                               / np.sqrt(_channel(want_var, 3) + 1e-5), rtol=1e-10)
+    assert int(k.value) == len(batches)                   # eval does not count
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_counter_resumes_and_counts_with_a_float_momentum(backend):
+    x = gd.input("x", (None, 2), "float32")
+    rm = gd.state("rm", np.zeros(2, np.float32))
+    rv = gd.state("rv", np.ones(2, np.float32))
+    k = gd.state("k", np.array(5, np.int64))               # as after 5 earlier batches
+    _, cma = gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=None,
+                           num_batches_tracked=k)
+    step = gd.function([x], [], updates=cma, backend=backend)
+    mean, var = np.zeros(2), np.ones(2)
+    for i in range(6, 9):
+        xv = RNG.standard_normal((4, 2)).astype(np.float32) + i
+        step(xv)
+        mean, var = _numpy_running(mean, var, xv.mean(0), xv.var(0, ddof=1), 1.0 / i)
+        assert int(k.value) == i
+        np.testing.assert_allclose(rm.value, mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rv.value, var, rtol=1e-5, atol=1e-6)
+    _, ema = gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=0.5,
+                           num_batches_tracked=k)
+    xv = RNG.standard_normal((4, 2)).astype(np.float32)
+    gd.function([x], [], updates=ema, backend=backend)(xv)
+    mean, var = _numpy_running(mean, var, xv.mean(0), xv.var(0, ddof=1), 0.5)
+    assert int(k.value) == 9
+    np.testing.assert_allclose(rm.value, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.value, var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_cumulative_average_beside_an_optimizer_in_one_step(backend):
+    x = gd.input("x", (None, 3), "float64")
+    w = gd.param("w", np.eye(3))
+    rm, rv = gd.state("rm", np.zeros(3)), gd.state("rv", np.ones(3))
+    k = gd.state("k", np.array(0, np.int64))
+    y, bn = gd.batch_norm(x @ w, running_mean=rm, running_var=rv, momentum=None,
+                          num_batches_tracked=k)
+    loss = (y * gd.constant(np.array([1.0, -2.0, 0.5]))).sum()
+    opt = gd.optim.SGD(lr=0.1)
+    step = gd.function([x], [loss], updates=opt.updates(loss, [w]) + bn, backend=backend)
+    w_np, stats = np.eye(3), []
+    for _ in range(3):
+        xv = RNG.standard_normal((6, 3))
+        h = xv @ w_np                                      # statistics of the weights before
+        stats.append((h.mean(0), h.var(0, ddof=1)))
+        step(xv)
+        w_np = w.value.copy()
+    assert int(k.value) == 3 and opt.step_count == 3
+    np.testing.assert_allclose(rm.value, np.mean([m for m, _ in stats], axis=0), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(rv.value, np.mean([v for _, v in stats], axis=0), rtol=1e-10)
+
+
+def test_batch_norm_momentum_none_needs_a_scalar_counter():
+    x = gd.input("x", (None, 3))
+    rm, rv = gd.state("rm", np.zeros(3, np.float32)), gd.state("rv", np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=None)
+    with pytest.raises(gd.ShapeError, match="scalar"):
+        gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=None,
+                      num_batches_tracked=gd.state("k2", np.zeros(2, np.int64)))
+    with pytest.raises(gd.DTypeError, match="num_batches_tracked"):
+        gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=None,
+                      num_batches_tracked=gd.state("k3", np.array(False)))
+    _, updates = gd.batch_norm(x, momentum=None)            # nothing to average: fine
+    assert updates == []
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        gd.instance_norm(gd.input("s", (None, 3, 4)), running_mean=rm, momentum=None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spatial", [(5,), (3, 4), (2, 3, 2)], ids=["1d", "2d", "3d"])
+def test_instance_norm_running_statistics_over_steps_then_eval(backend, spatial):
+    c = 2
+    shape = (c,) + spatial
+    ndim = len(shape) + 1
+    axes = tuple(range(2, ndim))
+    x = gd.input("x", (None,) + shape, "float64")
+    gamma, beta = RNG.standard_normal(c), RNG.standard_normal(c)
+    rm, rv = gd.state("rm", np.full(c, 0.5)), gd.state("rv", np.full(c, 2.0))
+    y, updates = gd.instance_norm(x, gd.constant(gamma), gd.constant(beta), running_mean=rm,
+                                  running_var=rv, training=True, momentum=0.25)
+    assert [v for v, _ in updates] == [rm, rv]
+    step = gd.function([x], y, updates=updates, backend=backend)
+    mean, var = np.full(c, 0.5), np.full(c, 2.0)
+    for n in (3, 1, 4):                                    # changing batch sizes
+        xv = RNG.standard_normal((n,) + shape) * RNG.uniform(0.5, 3) + RNG.uniform(-2, 2)
+        want = _normalized(xv, axes, 1e-5) * _channel(gamma, ndim) + _channel(beta, ndim)
+        np.testing.assert_allclose(step(xv), want, rtol=1e-9, atol=1e-10)
+        per_mean = xv.mean(axis=axes)                      # (n, c): one per instance
+        per_var = xv.var(axis=axes, ddof=1)
+        mean, var = _numpy_running(mean, var, per_mean.mean(0), per_var.mean(0), 0.25)
+        np.testing.assert_allclose(rm.value, mean, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(rv.value, var, rtol=1e-12)
+    y_eval, none = gd.instance_norm(x, gd.constant(gamma), gd.constant(beta),
+                                    running_mean=rm, running_var=rv, training=False)
+    assert none == []
+    xv = RNG.standard_normal((2,) + shape)
+    want = ((xv - _channel(mean, ndim)) / np.sqrt(_channel(var, ndim) + 1e-5)
+            * _channel(gamma, ndim) + _channel(beta, ndim))
+    np.testing.assert_allclose(gd.function([x], y_eval, backend=backend)(xv), want,
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_instance_norm_cumulative_average_with_a_counter(backend):
+    x = gd.input("x", (None, 3, 6), "float32")
+    rm = gd.state("rm", np.zeros(3, np.float32))
+    rv = gd.state("rv", np.ones(3, np.float32))
+    k = gd.state("k", np.array(0, np.int64))
+    _, updates = gd.instance_norm(x, running_mean=rm, running_var=rv, momentum=None,
+                                  num_batches_tracked=k)
+    step = gd.function([x], [], updates=updates, backend=backend)
+    means, variances = [], []
+    for n in (2, 5, 3):
+        xv = (RNG.standard_normal((n, 3, 6)) * 2 + 1).astype(np.float32)
+        step(xv)
+        means.append(xv.mean(axis=2).mean(0))
+        variances.append(xv.var(axis=2, ddof=1).mean(0))
+    assert int(k.value) == 3
+    np.testing.assert_allclose(rm.value, np.mean(means, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.value, np.mean(variances, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_instance_norm_without_running_statistics_keeps_its_form():
+    x = gd.input("x", (None, 2, 5), "float64")
+    y = gd.instance_norm(x)
+    assert isinstance(y, gd.Tensor)
+    xv = RNG.standard_normal((3, 2, 5))
+    for form in (y, gd.instance_norm(x, training=False)):
+        np.testing.assert_allclose(_run([form], {x: xv})[0], _normalized(xv, (2,), 1e-5),
+                                   rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        gd.instance_norm(x, running_mean=gd.state("rm", np.zeros(2)), training=False)
+    with pytest.raises(gd.ShapeError, match="running_var"):
+        gd.instance_norm(x, running_var=gd.state("rv", np.ones(3)))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_instance_norm_with_running_statistics_gradients_match_finite_differences(training):
+    x = gd.input("x", (3, 2, 4), "float64")
+    gamma, beta = gd.input("gamma", (2,), "float64"), gd.input("beta", (2,), "float64")
+    rm = gd.state("rm", RNG.standard_normal(2))
+    rv = gd.state("rv", RNG.uniform(0.5, 2.0, 2))
+    y, _ = gd.instance_norm(x, gamma, beta, running_mean=rm, running_var=rv,
+                            training=training)
+    loss = (y * gd.constant(RNG.standard_normal(y.shape))).sum() + 0.1 * (y ** 2).sum()
+    feed = {x: RNG.standard_normal(x.shape), gamma: RNG.standard_normal(2),
+            beta: RNG.standard_normal(2)}
+    report = gd.check_grad(loss, [x, gamma, beta], feed=feed, rtol=1e-6, atol=1e-8)
+    assert report, str(report)
+
+
+def test_instance_norm_running_statistics_match_torch_functional():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    c = 4
+    gv, bv = RNG.standard_normal(c), RNG.standard_normal(c)
+    rm_t, rv_t = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    x = gd.input("x", (None, c, 3, 5), "float64")
+    rm, rv = gd.state("rm", np.zeros(c)), gd.state("rv", np.ones(c))
+    y, updates = gd.instance_norm(x, gd.constant(gv), gd.constant(bv), running_mean=rm,
+                                  running_var=rv, momentum=0.2)
+    weights = gd.input("w", (None, c, 3, 5), "float64")
+    gx = gd.grad((y * weights).sum(), x)
+    step = gd.function([x, weights], [y, gx], updates=updates)           # llvm
+    for n in (2, 5, 3):
+        xv, wv = RNG.standard_normal((n, c, 3, 5)) * 2 + 1, RNG.standard_normal((n, c, 3, 5))
+        got, g = step(xv, wv)
+        xt = torch.tensor(xv, requires_grad=True)
+        yt = F.instance_norm(xt, rm_t, rv_t, torch.tensor(gv), torch.tensor(bv),
+                             use_input_stats=True, momentum=0.2, eps=1e-5)
+        (yt * torch.tensor(wv)).sum().backward()
+        np.testing.assert_allclose(got, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(rm.value, rm_t.numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(rv.value, rv_t.numpy(), rtol=1e-12)
+    y_eval, _ = gd.instance_norm(x, gd.constant(gv), gd.constant(bv), running_mean=rm,
+                                 running_var=rv, training=False)
+    xv = RNG.standard_normal((2, c, 3, 5))
+    want = F.instance_norm(torch.tensor(xv), rm_t, rv_t, torch.tensor(gv), torch.tensor(bv),
+                           use_input_stats=False)
+    np.testing.assert_allclose(gd.function([x], y_eval)(xv), want.numpy(), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_batch_norm_cumulative_average_matches_torch_functional():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rm_t, rv_t = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    x = gd.input("x", (None, 3, 4), "float64")
+    rm, rv = gd.state("rm", np.zeros(3)), gd.state("rv", np.ones(3))
+    k = gd.state("k", np.array(0, np.int64))
+    y, updates = gd.batch_norm(x, running_mean=rm, running_var=rv, momentum=None,
+                               num_batches_tracked=k)
+    step = gd.function([x], y, updates=updates, backend="reference")
+    for i, n in enumerate((4, 2, 6, 3), start=1):
+        xv = RNG.standard_normal((n, 3, 4)) * i - i
+        # torch.nn's _BatchNorm: num_batches_tracked += 1, factor = 1 / num_batches_tracked
+        want = F.batch_norm(torch.tensor(xv), rm_t, rv_t, training=True, momentum=1.0 / i)
+        np.testing.assert_allclose(step(xv), want.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(rm.value, rm_t.numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(rv.value, rv_t.numpy(), rtol=1e-12)
