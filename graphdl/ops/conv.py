@@ -10,9 +10,11 @@ Two structured primitives carry all of convolution and pooling:
   window element added back at its place. It is windows' VJP, and windows is its VJP.
 
 Everything else is a composite of existing ops, so gradients come from autodiff:
-conv = pad -> windows -> reshape (the im2col copy) -> batched matmul -> reshape (+ bias);
-conv_transpose = matmul -> unwindows (col2im) -> crop/pad. Padding is `unslice` (zeros);
-another fill value adds a constant border (-inf for max pooling), so there is one mechanism.
+conv = pad -> windows -> transpose + reshape (the im2col copy) -> tensordot (one GEMM over
+the batch) -> transpose (+ bias); conv_transpose = tensordot -> unwindows (col2im) ->
+crop/pad (grouped convolutions: a batched matmul per sample instead of the tensordot).
+Padding is `unslice` (zeros); another fill value adds a constant border (-inf for max
+pooling), so there is one mechanism.
 
 Layouts follow torch.nn.functional: x (N, C, *S), weights (out, in / groups, *K) for conv
 and (in, out / groups, *K) for conv_transpose.
@@ -333,7 +335,8 @@ def conv_transpose(x, w, b=None, stride=1, padding=0, output_padding=0, dilation
     y[n, o, i*stride + k*dilation - padding] += w[c, o, k] * x[n, c, i]  (per group), size
     (S - 1)*stride - 2*padding + dilation*(K - 1) + output_padding + 1.
 
-    Built as matmul -> unwindows (col2im) -> crop the padding (+ output_padding zeros).
+    Built as one tensordot over the whole batch (a batched matmul per group when
+    groups > 1) -> unwindows (col2im) -> crop the padding (+ output_padding zeros).
 
     Example:
         >>> up = gd.conv_transpose(x, w, stride=2, padding=1, output_padding=1)
@@ -354,9 +357,17 @@ def conv_transpose(x, w, b=None, stride=1, padding=0, output_padding=0, dilation
     c_group, o_group = c_in // groups, w.shape[1]
     kk = int(np.prod(kernel))
     length = int(np.prod(spatial))
-    wr = swapaxes(reshape(w, (groups, c_group, o_group * kk)))          # (g, Og*kk, Cg)
-    cols = matmul(wr, reshape(x, (n, groups, c_group, length)))          # (N, g, Og*kk, L)
-    cols = reshape(cols, (n, groups * o_group) + kernel + spatial)
+    if groups == 1:
+        # one GEMM for the batch: (Og*kk, C) x (C, N, L) -> (Og*kk, N, L), then a view
+        xt = reshape(transpose(x, (1, 0) + tuple(range(2, 2 + d))), (c_in, n, length))
+        cols = tensordot(swapaxes(reshape(w, (c_in, o_group * kk))), xt, 1)
+        cols = reshape(cols, (o_group,) + kernel + (n,) + spatial)
+        cols = transpose(cols, (1 + d, 0) + tuple(range(1, 1 + d))
+                         + tuple(range(2 + d, 2 + 2 * d)))
+    else:
+        wr = swapaxes(reshape(w, (groups, c_group, o_group * kk)))      # (g, Og*kk, Cg)
+        cols = matmul(wr, reshape(x, (n, groups, c_group, length)))      # (N, g, Og*kk, L)
+        cols = reshape(cols, (n, groups * o_group) + kernel + spatial)
     full = tuple((s - 1) * st + dl * (k - 1) + 1
                  for s, k, st, dl in zip(spatial, kernel, stride, dilation))
     y = unwindows(cols, kernel, stride, dilation, (n, groups * o_group) + full)
