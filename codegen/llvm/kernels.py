@@ -9,6 +9,7 @@ that into alias scopes, which is what lets LLVM vectorize without runtime checks
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
@@ -154,7 +155,13 @@ def emit_elementwise_group(module, name, members, label="") -> Kernel:
                for k, v in enumerate(inputs)]
         plan.append((out_k, ins, expr))
     writes = sorted({p[0] for p in plan})
-    cshape, strides = collapse(shape, [v.strides for v in views])
+    # Loop in the order the first output is laid out (a gradient written through a pooling
+    # window view has its window axes innermost in memory), then unroll a tiny innermost
+    # axis into the body so the loop around it vectorizes with interleaved accesses.
+    perm = sorted(range(len(shape)), key=lambda i: -abs(members[0][0].strides[i]))
+    cshape, strides = collapse(tuple(shape[i] for i in perm),
+                               [[v.strides[i] for i in perm] for v in views])
+    unroll = cshape[-1] if len(cshape) > 1 and cshape[-1] <= 4 else 0
     kb = KernelBuilder(module, name, views, writes=writes, label=label)
 
     def body(idx):
@@ -177,7 +184,11 @@ def emit_elementwise_group(module, name, members, label="") -> Kernel:
                 element_index(kb.b, idx, strides[out_k], views[out_k].offset)]))
             in_register[out_k] = stored
 
-    loop_nest(kb.b, cshape, kb.begin, kb.end, body)
+    if unroll:
+        loop_nest(kb.b, cshape[:-1], kb.begin, kb.end,
+                  lambda idx: [body(list(idx) + [ir.Constant(I64, j)]) for j in range(unroll)])
+    else:
+        loop_nest(kb.b, cshape, kb.begin, kb.end, body)
     kb.finish()
     n_in = sum(1 for k in range(len(views)) if k not in writes)
     return Kernel(name, cshape[0], members[0][0].size * max(1, n_in + len(writes)),
@@ -260,7 +271,28 @@ def emit_reduce(module, name, out: View, x, axes, kind: str, label="",
 
     begin = kb.begin if parallel else ir.Constant(I64, 0)
     end = kb.end if parallel else ir.Constant(I64, shape[0])
-    if inner_reduced and len(shape) >= 1:
+    window = int(np.prod([shape[a] for a in axes], dtype=np.int64))
+    if not inner_reduced and parallel and window <= 16:
+        # Small reduced axes inside (a pooling window): per output element, the window's
+        # values are combined in a register and stored once; the loop over the kept axes
+        # vectorizes with interleaved loads (stride-2 columns of a 2x2 window).
+        kept = [i for i in range(len(shape)) if i not in axes]
+        reduced = [range(shape[a]) for a in axes]
+
+        def window_body(idx):
+            full = [None] * len(shape)
+            for i, v in zip(kept, idx):
+                full[i] = v
+            acc = identity
+            for combo in itertools.product(*reduced):
+                for a, j in zip(axes, combo):
+                    full[a] = ir.Constant(I64, j)
+                acc = combine(acc, load_x(list(full)))
+            oidx = [full[i] if i in kept else ir.Constant(I64, 0) for i in range(len(shape))]
+            kb.store(0, element_index(kb.b, oidx, out_b.strides, out.offset), acc)
+
+        loop_nest(kb.b, [shape[i] for i in kept], begin, end, window_body, name="w")
+    elif inner_reduced and len(shape) >= 1:
         outer, inner = shape[:-1], shape[-1]
 
         def outer_body(idx):

@@ -27,7 +27,7 @@ from graphdl.ops.random import (drop_block, drop_connect, dropout, gaussian_drop
                                random_step, random_uniform, random_updates, spatial_dropout)
 from graphdl.ops.scan import scan  # recurrence: scan.py, recurrent.py
 from graphdl.ops.recurrent import gru, lstm, rnn
-from graphdl.ops.deform import deform_conv2d, ps_roi_align
+from graphdl.ops.deform import deform_conv2d, ps_roi_align, ps_roi_pool
 
 
 def _make_public(name: str, params=()):
@@ -158,6 +158,6 @@ __all__ = [
     "gaussian_dropout", "spatial_dropout", "drop_block",
     # recurrence (scan.py, recurrent.py)
     "scan", "rnn", "lstm", "gru",
-    # deformable convolution, position-sensitive RoI align (deform.py)
-    "deform_conv2d", "ps_roi_align",
+    # deformable convolution, position-sensitive RoI align and pooling (deform.py)
+    "deform_conv2d", "ps_roi_align", "ps_roi_pool",
 ]

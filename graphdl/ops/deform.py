@@ -1,17 +1,18 @@
-"""Deformable convolution (v1/v2) and position-sensitive RoI align, as composites.
+"""Deformable convolution (v1/v2) and position-sensitive RoI align / pooling, as composites.
 
-Both ops sample the input at data-dependent, fractional positions with bilinear weights.
-They are built from existing primitives only -- a floor made of casts, comparisons turned
-into 0/1 masks, int64 index arithmetic, `gather` (whose VJP is `scatter_add`) and `matmul`
--- so autodiff gives their gradients and every backend runs them unchanged:
+All three ops read the input at data-dependent positions. They are built from existing
+primitives only -- a floor made of casts, comparisons turned into 0/1 masks, int64 index
+arithmetic, `gather` (whose VJP is `scatter_add`) and `matmul` -- so autodiff gives their
+gradients and every backend runs them unchanged:
 
-- `deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`:
-  torchvision.ops.deform_conv2d (groups = 1, offset groups = 1).
+- `deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask, groups,
+  offset_groups)`: torchvision.ops.deform_conv2d, with weight groups and offset groups.
 - `ps_roi_align(x, rois, output_size, spatial_scale, sampling_ratio)`:
   torchvision.ops.ps_roi_align with a static sampling_ratio > 0.
-
-(torchvision.ops.ps_roi_pool's integer bins have data-dependent extents, which a static-shape
-graph cannot express; ps_roi_align is the static-shape form of R-FCN's pooling.)
+- `ps_roi_pool(x, rois, output_size, spatial_scale)`: torchvision.ops.ps_roi_pool. Its
+  integer bins have data-dependent extents, but the output shape is static: each bin is a
+  masked average over the whole H x W map, with 0/1 row and column masks computed from the
+  RoIs.
 
 Gradients are those of the piecewise formulas (as torchvision's): the floor of a sample
 position and the in/out-of-image tests are locally constant, so d/d(offset) is the slope of
@@ -57,44 +58,71 @@ def _static(shape, what, names) -> None:
 
 # -- deformable convolution ------------------------------------------------------------------
 def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
-                  mask=None) -> Tensor:
+                  mask=None, groups: int | None = None,
+                  offset_groups: int | None = None) -> Tensor:
     """Deformable 2-D convolution (v1; v2 with `mask`), torchvision.ops.deform_conv2d.
 
-    x (N, C, H, W), weight (O, C, kh, kw), offset (N, 2*kh*kw, OH, OW) holding (dy, dx) per
-    kernel tap k = i*kw + j, mask (N, kh*kw, OH, OW) (v2 modulation), bias (O,):
+    x (N, C, H, W), weight (O, C/groups, kh, kw), offset (N, 2*G*kh*kw, OH, OW) holding
+    (dy, dx) per offset group g < G and kernel tap k = i*kw + j (channels 2*(g*kh*kw + k)
+    and 2*(g*kh*kw + k) + 1), mask (N, G*kh*kw, OH, OW) (v2 modulation), bias (O,). Input
+    channel c belongs to offset group c // (C/G) and to weight group c // (C/groups):
 
-        p_y = oh*stride_h - pad_h + i*dil_h + offset[n, 2k, oh, ow]
-        p_x = ow*stride_w - pad_w + j*dil_w + offset[n, 2k + 1, oh, ow]
-        y[n, o, oh, ow] = bias[o] + sum_{c, k} weight[o, c, i, j] * mask[n, k, oh, ow]
-                                                * bilinear(x[n, c], p_y, p_x)
+        p_y = oh*stride_h - pad_h + i*dil_h + offset[n, 2*(g*kh*kw + k), oh, ow]
+        p_x = ow*stride_w - pad_w + j*dil_w + offset[n, 2*(g*kh*kw + k) + 1, oh, ow]
+        y[n, o, oh, ow] = bias[o] + sum_{c in group(o), k} weight[o, c', i, j]
+                          * mask[n, g*kh*kw + k, oh, ow] * bilinear(x[n, c], p_y, p_x)
 
     bilinear follows torchvision: a point outside (-1, H) x (-1, W) gives 0, otherwise the
     four neighbours floor(p) + {0, 1} are weighted (1 - l) / l and each one outside the image
-    counts as 0. OH, OW are those of an ordinary convolution. Only groups = 1 and one offset
-    group are supported. Built as a gather of the 4 corners (im2col with learned positions)
-    followed by one matmul; gradients w.r.t. x, offset, mask, weight and bias come from
-    autodiff. Sample indices are formed in int64; positions in x's float dtype.
+    counts as 0. OH, OW are those of an ordinary convolution. As in torchvision, `groups` is
+    C // weight.shape[1] and `offset_groups` is offset.shape[1] // (2*kh*kw); passing them
+    only checks the shapes against them. Built as a gather of the 4 corners (im2col with
+    learned positions) followed by one (per group batched) matmul; gradients w.r.t. x,
+    offset, mask, weight and bias come from autodiff. Sample indices are formed in int64;
+    positions in x's float dtype.
 
     Example:
-        >>> off = gd.conv2d(x, w_off, b_off, padding=1)          # (N, 18, H, W)
-        >>> y = gd.deform_conv2d(x, off, w, b, padding=1)
+        >>> off = gd.conv2d(x, w_off, b_off, padding=1)          # (N, 2*2*9, H, W)
+        >>> y = gd.deform_conv2d(x, off, w, b, padding=1, groups=2, offset_groups=2)
     """
     x, offset, weight = as_tensor(x), as_tensor(offset), as_tensor(weight)
     what = "deform_conv2d"
     if x.ndim != 4 or weight.ndim != 4 or offset.ndim != 4:
-        raise shape_error(f"{what} needs x (N, C, H, W), offset (N, 2*kh*kw, OH, OW) and "
-                          f"weight (O, C, kh, kw), got {format_shape(x.shape)}, "
+        raise shape_error(f"{what} needs x (N, C, H, W), offset (N, 2*G*kh*kw, OH, OW) and "
+                          f"weight (O, C/groups, kh, kw), got {format_shape(x.shape)}, "
                           f"{format_shape(offset.shape)} and {format_shape(weight.shape)}")
     if x.dtype not in FLOAT_DTYPES or weight.dtype != x.dtype or offset.dtype != x.dtype:
         raise dtype_error(f"{what} needs x, offset and weight of one float dtype, got "
                           f"{x.dtype}, {offset.dtype} and {weight.dtype}")
     _static(x.shape[1:], what, ("channel", "height", "width"))
     _static(weight.shape, what, ("out", "in", "kh", "kw"))
+    _static(offset.shape[1:2], what, ("offset channel",))
     n, c, h, w = x.shape
-    c_out, c_in, kh, kw = weight.shape
-    if c_in != c:
-        raise shape_error(f"{what}: weight {format_shape(weight.shape)} (O, C, kh, kw) does not "
-                          f"fit x {format_shape(x.shape)} (only groups=1 is supported)")
+    c_out, c_group, kh, kw = weight.shape
+    kk = kh * kw
+    if c_group < 1 or c % c_group:
+        raise shape_error(f"{what}: weight {format_shape(weight.shape)} (O, C/groups, kh, kw) "
+                          f"does not fit x {format_shape(x.shape)}: its {c_group} input "
+                          f"channels per group do not divide C = {c}")
+    n_groups = c // c_group
+    if groups is not None and int(groups) != n_groups:
+        raise shape_error(f"{what}: groups={groups} needs weight of shape (O, {c}/{groups}, "
+                          f"kh, kw) for x {format_shape(x.shape)}, got "
+                          f"{format_shape(weight.shape)}")
+    if c_out % n_groups:
+        raise shape_error(f"{what}: {n_groups} groups (C / weight.shape[1] = {c} / {c_group})"
+                          f" do not divide the {c_out} output channels")
+    off_c = offset.shape[1]
+    if off_c < 2 * kk or off_c % (2 * kk):
+        raise shape_error(f"{what}: offset {format_shape(offset.shape)} needs 2*G*{kh}*{kw} "
+                          f"channels (G offset groups), got {off_c}")
+    n_off = off_c // (2 * kk)
+    if offset_groups is not None and int(offset_groups) != n_off:
+        raise shape_error(f"{what}: offset_groups={offset_groups} needs "
+                          f"{2 * int(offset_groups) * kk} offset channels, got {off_c}")
+    if c % n_off:
+        raise shape_error(f"{what}: {n_off} offset groups (offset channels {off_c} / "
+                          f"(2*{kh}*{kw})) do not divide the {c} input channels")
     (sh, sw), (ph, pw), (dh, dw) = (_ints(stride, 2, "stride"), _ints(padding, 2, "padding"),
                                     _ints(dilation, 2, "dilation"))
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -102,31 +130,33 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
     if oh < 1 or ow < 1 or min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
         raise shape_error(f"{what}: kernel ({kh}, {kw}), stride ({sh}, {sw}), padding "
                           f"({ph}, {pw}) and dilation ({dh}, {dw}) do not fit {h}x{w}")
-    kk, length = kh * kw, oh * ow
-    if tuple(offset.shape[1:]) != (2 * kk, oh, ow) or (offset.shape[0] != n):
-        raise shape_error(f"{what}: offset must have shape {format_shape((n, 2 * kk, oh, ow))}"
-                          f" (one offset group), got {format_shape(offset.shape)}")
+    length = oh * ow
+    if tuple(offset.shape[2:]) != (oh, ow) or (offset.shape[0] != n):
+        raise shape_error(f"{what}: offset must have shape "
+                          f"{format_shape((n, 2 * n_off * kk, oh, ow))}, got "
+                          f"{format_shape(offset.shape)}")
     if mask is not None:
         mask = as_tensor(mask)
-        if mask.dtype != x.dtype or tuple(mask.shape) != (n, kk, oh, ow):
+        if mask.dtype != x.dtype or tuple(mask.shape) != (n, n_off * kk, oh, ow):
             raise shape_error(f"{what}: mask must be {x.dtype} of shape "
-                              f"{format_shape((n, kk, oh, ow))}, got {mask.dtype} "
-                              f"{format_shape(mask.shape)}")
+                              f"{format_shape((n, n_off * kk, oh, ow))} ({n_off} offset "
+                              f"groups), got {mask.dtype} {format_shape(mask.shape)}")
     dt = x.dtype
+    cpo = c // n_off                                      # channels per offset group
 
     # base sampling grid (K, L): tap k = (i, j), output position l = (oh, ow)
     i, j = np.divmod(np.arange(kk), kw)
     r, s = np.divmod(np.arange(length), ow)
     base_y = (r[None, :] * sh - ph + i[:, None] * dh).astype(dt)
     base_x = (s[None, :] * sw - pw + j[:, None] * dw).astype(dt)
-    off = reshape(offset, (n, kk, 2, length))
-    py = reshape(off[:, :, 0:1, :], (n, kk, length)) + constant(base_y, dt)
-    px = reshape(off[:, :, 1:2, :], (n, kk, length)) + constant(base_x, dt)
+    off = reshape(offset, (n, n_off, kk, 2, length))
+    py = reshape(off[:, :, :, 0:1, :], (n, n_off, kk, length)) + constant(base_y, dt)
+    px = reshape(off[:, :, :, 1:2, :], (n, n_off, kk, length)) + constant(base_x, dt)
 
     inside = (_mask(apply("greater", py, -1.0), dt) * _mask(apply("less", py, float(h)), dt)
               * _mask(apply("greater", px, -1.0), dt) * _mask(apply("less", px, float(w)), dt))
     if mask is not None:
-        inside = inside * reshape(mask, (n, kk, length))
+        inside = inside * reshape(mask, (n, n_off, kk, length))
     y0, x0 = _floor(py), _floor(px)
     ly, lx = py - y0, px - x0
     hy, hx = 1.0 - ly, 1.0 - lx
@@ -140,18 +170,27 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
         for xc, wx in ((x0, hx), (x0 + 1.0, lx)):
             flat = (cast(_clip(yc, 0.0, h - 1.0), "int64") * w
                     + cast(_clip(xc, 0.0, w - 1.0), "int64"))
-            idx.append(reshape(flat, (n, 1, kk, length)))
+            idx.append(reshape(flat, (n, n_off, 1, kk, length)))
             wts.append(reshape(wy * wx * valid(yc, h) * valid(xc, w) * inside,
-                               (n, 1, kk, length)))
-    idx = reshape(concat(idx, axis=1), (n, 1, 4 * kk * length))
-    idx = idx + constant(np.zeros((1, c, 1), np.int64), "int64")     # (N, C, 4*K*L)
+                               (n, n_off, 1, 1, kk, length)))
+    # (N, G, 1, 4*K*L) -> every channel of its offset group -> (N, C, 4*K*L)
+    idx = reshape(concat(idx, axis=2), (n, n_off, 1, 4 * kk * length))
+    idx = idx + constant(np.zeros((1, 1, cpo, 1), np.int64), "int64")
+    idx = reshape(idx, (n, c, 4 * kk * length))
     picked = gather(reshape(x, (n, c, h * w)), idx, axis=2)
-    cols = sum(reshape(picked, (n, c, 4, kk, length))
-               * reshape(concat(wts, axis=1), (n, 1, 4, kk, length)), axis=2)  # (N, C, K, L)
-    if c * kk == 1:     # a 1-long contraction: a product (the llvm matmul of a (1, 1)
-        y = reshape(weight, (c_out, 1)) * reshape(cols, (n, 1, length))  # constant fails)
-    else:
-        y = matmul(reshape(weight, (c_out, c * kk)), reshape(cols, (n, c * kk, length)))
+    cols = sum(reshape(picked, (n, n_off, cpo, 4, kk, length))
+               * concat(wts, axis=3), axis=3)                    # (N, G, C/G, K, L)
+    o_group = c_out // n_groups
+    if n_groups == 1:
+        if c * kk == 1:     # a 1-long contraction: a product (the llvm matmul of a (1, 1)
+            y = reshape(weight, (c_out, 1)) * reshape(cols, (n, 1, length))  # constant fails)
+        else:
+            y = matmul(reshape(weight, (c_out, c * kk)), reshape(cols, (n, c * kk, length)))
+    elif c_group * kk == 1:  # one channel and one tap per group: (N, g, 1, L) * (g, Og, 1)
+        y = reshape(cols, (n, n_groups, 1, length)) * reshape(weight, (n_groups, o_group, 1))
+    else:                    # (g, Og, Cg*K) @ (N, g, Cg*K, L) -> (N, g, Og, L)
+        y = matmul(reshape(weight, (n_groups, o_group, c_group * kk)),
+                   reshape(cols, (n, n_groups, c_group * kk, length)))
     y = reshape(y, (n, c_out, oh, ow))
     if bias is not None:
         bias = as_tensor(bias, y)
@@ -265,3 +304,93 @@ def ps_roi_align(x, rois, output_size, spatial_scale: float = 1.0,
     picked = reshape(picked, (nr, 4, c, p_h, p_w, g, g))
     out = sum(picked * concat(wts, axis=1), axis=(1, 5, 6))
     return out * (1.0 / (g * g))
+
+
+# -- position-sensitive RoI pooling ----------------------------------------------------------
+def _round_half_away(v: Tensor) -> Tensor:
+    """C's round(v): to the nearest integer, halves away from zero (a constant to autodiff).
+
+    Exact: t = trunc(|v|) via an int64 cast, and |v| - t is exact, so no `|v| + 0.5` rounding.
+    """
+    a = apply("abs", v)
+    t = cast(cast(a, "int64"), v.dtype)
+    r = apply("where", apply("greater_equal", a - t, 0.5), t + 1.0, t)
+    return stop_gradient(apply("where", apply("less", v, 0.0), -r, r))
+
+
+def _bin_masks(start, end, pooled: int, size: int, dt):
+    """torchvision ps_roi_pool's bins along one axis, as 0/1 masks over the `size` positions.
+
+    start, end (R, 1): the rounded RoI bounds. Returns masks (R, pooled, size) and the bin
+    lengths (R, pooled) after the clipping (0 for an empty bin).
+    """
+    length = apply("maximum", end - start, 1.0)                       # at least one pixel
+    bin_size = length / float(pooled)                                 # (R, 1)
+    k = np.arange(pooled, dtype=dt).reshape(1, pooled)
+    lo = _floor(constant(k, dt) * bin_size) + start                   # (R, pooled)
+    hi = -_floor(-(constant(k + 1, dt) * bin_size)) + start           # ceil
+    # torchvision's forward kernels (CPU and CUDA) clip both ends to [0, size - 1]
+    lo, hi = _clip(lo, 0.0, size - 1.0), _clip(hi, 0.0, size - 1.0)
+    pos = constant(np.arange(size, dtype=dt).reshape(1, 1, size), dt)
+    lo3, hi3 = reshape(lo, (lo.shape[0], pooled, 1)), reshape(hi, (hi.shape[0], pooled, 1))
+    masks = (_mask(apply("greater_equal", pos, lo3), dt) * _mask(apply("less", pos, hi3), dt))
+    return stop_gradient(masks), stop_gradient(apply("maximum", hi - lo, 0.0))
+
+
+def ps_roi_pool(x, rois, output_size, spatial_scale: float = 1.0) -> Tensor:
+    """Position-sensitive RoI pooling (R-FCN score maps), torchvision.ops.ps_roi_pool.
+
+    x (N, C*ph*pw, H, W), rois (R, 5) rows (batch index, x1, y1, x2, y2) in input
+    coordinates (float; the batch index is truncated to int64), output (R, C, ph, pw):
+
+        out[r, c, i, j] = mean of x[rois[r, 0], (c*ph + i)*pw + j, hs:he, ws:we]  (0 if empty)
+
+    with torchvision's integer bins: the RoI corners are scaled by spatial_scale and rounded
+    half away from zero (C's round), the RoI is at least 1 x 1, bins are
+    (y2 - y1) / ph by (x2 - x1) / pw, hs = floor(i * bin_h) + y1, he = ceil((i + 1) * bin_h)
+    + y1 (likewise for w), each clipped to [0, H - 1] ([0, W - 1]) -- as torchvision's
+    forward does, so the last row and column are never pooled. The bins depend on the RoIs
+    but the output shape does not: each bin is a masked average over the whole H x W map of
+    its RoI's image (0/1 row and column masks built from the RoIs; memory R*C*ph*pw*H*W).
+    Gradients flow to x only (rois are treated as constants, as in torchvision); they are
+    the exact gradients of this forward (torchvision's own backward clips to [0, H] instead,
+    so it differs where a bin reaches the last row or column).
+
+    Example:
+        >>> rois = gd.input("rois", ("R", 5))
+        >>> pooled = gd.ps_roi_pool(score_maps, rois, 7, spatial_scale=1 / 16)
+    """
+    x, rois = as_tensor(x), as_tensor(rois)
+    what = "ps_roi_pool"
+    p_h, p_w = _ints(output_size, 2, "output_size")
+    if p_h < 1 or p_w < 1:
+        raise shape_error(f"{what}: output_size {(p_h, p_w)} must be >= 1")
+    if x.ndim != 4 or rois.ndim != 2 or rois.shape[1] != 5:
+        raise shape_error(f"{what} needs x (N, C*ph*pw, H, W) and rois (R, 5), got "
+                          f"{format_shape(x.shape)} and {format_shape(rois.shape)}")
+    if x.dtype not in FLOAT_DTYPES or rois.dtype not in FLOAT_DTYPES:
+        raise dtype_error(f"{what} needs float x and rois, got {x.dtype} and {rois.dtype}")
+    _static(x.shape[1:], what, ("channel", "height", "width"))
+    n, ckk, h, w = x.shape
+    if ckk % (p_h * p_w):
+        raise shape_error(f"{what}: {ckk} input channels are not a multiple of "
+                          f"{p_h}*{p_w} (output_size)")
+    c = ckk // (p_h * p_w)
+    dt = x.dtype
+    nr = rois.shape[0]
+    rois = stop_gradient(cast(rois, dt))
+    scale = float(spatial_scale)
+    b = cast(rois[:, 0:1], "int64")                                  # (R, 1)
+    corners = _round_half_away(rois[:, 1:5] * scale)                 # (R, 4) x1 y1 x2 y2
+    x1, y1, x2, y2 = (corners[:, k:k + 1] for k in range(4))
+    mask_h, len_h = _bin_masks(y1, y2, p_h, h, dt)                    # (R, ph, H), (R, ph)
+    mask_w, len_w = _bin_masks(x1, x2, p_w, w, dt)                    # (R, pw, W), (R, pw)
+    area = reshape(len_h, (nr, p_h, 1)) * reshape(len_w, (nr, 1, p_w))
+    area = apply("maximum", area, 1.0)                                # empty bins sum to 0
+
+    images = gather(reshape(x, (n, ckk * h * w)),
+                    broadcast_to(b, (nr, ckk * h * w)), axis=0)       # (R, C*ph*pw*H*W)
+    images = reshape(images, (nr, c, p_h, p_w, h, w))
+    rows = sum(images * reshape(mask_w, (nr, 1, 1, p_w, 1, w)), axis=5)     # (R, C, ph, pw, H)
+    total = sum(rows * reshape(mask_h, (nr, 1, p_h, 1, h)), axis=4)         # (R, C, ph, pw)
+    return total / reshape(area, (nr, 1, p_h, p_w))

@@ -152,12 +152,13 @@ def _max_vjp(gy, node):
     # The gradient is shared equally by the elements equal to the max. The mask is written
     # x >= y (the same set as x == y, since x <= y; a NaN max gives 0/0 = NaN as before),
     # a different node from the count's x == y, so the count fuses into its sum and the
-    # mask into the gradient's loop: no 0/1 tensor is stored.
+    # mask (a `where`, no bool -> float cast to end a fusion group) into the gradient's
+    # loop: no 0/1 tensor is stored.
     x = node.inputs[0]
     y = _keep(node, node)
     count = sum(ew.cast(ew.apply("equal", x, y), x.dtype), node.attr("axes"), keepdims=True)
-    mask = ew.cast(ew.apply("greater_equal", x, y), x.dtype)
-    return (_keep(gy, node) * mask / count,)
+    hit = ew.apply("greater_equal", x, y)
+    return (ew.apply("where", hit, _keep(gy, node), 0.0) / count,)
 
 
 MAX = structured("max", vjp=_max_vjp,
