@@ -21,7 +21,7 @@ TANH = elementwise(
     "tanh", sp.tanh(X), d_out=1 - Y ** 2, result="float",
     doc="Hyperbolic tangent (eq. 28); tanh'(x) = 1 - tanh(x)^2 (eq. 29)")
 RELU = elementwise(
-    "relu", sp.Piecewise((X, X > 0), (0, True)),
+    "relu", sp.Piecewise((X, X > 0), (0, True)), d_out=sp.Piecewise((1, Y > 0), (0, True)),
     doc="Rectified linear unit max(0, x) (eq. 30); relu'(0) = 0 as in PyTorch")
 LEAKY_RELU = elementwise(
     "leaky_relu", sp.Piecewise((X, X > 0), (ALPHA * X, True)), params=("alpha",),

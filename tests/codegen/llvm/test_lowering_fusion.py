@@ -74,22 +74,42 @@ def test_max_gradient_of_a_nan_window_is_nan():
         np.testing.assert_array_equal(gv[1], [0.5, 0.5, 0.0])
 
 
-def test_bias_relu_after_a_gemm_is_one_loop_in_a_training_step():
+def test_loops_after_a_gemm_share_one_loop_without_arena_conflicts():
+    # z = x @ w + b is kept (two readers) and relu(z) goes on to a GEMM (an arena buffer):
+    # the add and the ReLU must run as one loop, which needs the planner to keep the GEMM's
+    # output alive across the run (else relu(z) would reuse its bytes).
     rng = np.random.default_rng(3)
     x = gd.input("x", (None, 64))
     w = gd.param("w", rng.standard_normal((64, 128)).astype("float32") * 0.1)
     b = gd.param("b", np.zeros(128, "float32"))
-    v = gd.param("v", rng.standard_normal((128, 4)).astype("float32") * 0.1)
-    z = x @ w + b                     # kept: ReLU's gradient reads it
-    loss = ((gd.relu(z) @ v) ** 2).sum()
-    gw, gb, gv = gd.grad(loss, [w, b, v])
-    f = gd.function([x], [loss, gw, gb, gv])
+    v1 = gd.param("v1", rng.standard_normal((128, 4)).astype("float32"))
+    v2 = gd.param("v2", rng.standard_normal((128, 4)).astype("float32"))
+    z = x @ w + b
+    out = gd.relu(z) @ v1 + gd.sigmoid(z) @ v2 + z.sum()
+    f = gd.function([x], [out])
     xv = rng.standard_normal((256, 64)).astype("float32")
-    lv, gwv, _, _ = f(xv)
     zv = xv @ w.value + b.value
-    hv = np.maximum(zv, 0)
-    np.testing.assert_allclose(lv, ((hv @ v.value) ** 2).sum(), rtol=1e-4)
-    dz = (2 * (hv @ v.value) @ v.value.T) * (zv > 0)
-    np.testing.assert_allclose(gwv, xv.T @ dz, rtol=1e-3, atol=1e-3)
+    ref = np.maximum(zv, 0) @ v1.value + 1 / (1 + np.exp(-zv)) @ v2.value + zv.sum()
+    np.testing.assert_allclose(f(xv)[0], ref, rtol=1e-4, atol=1e-2)
     labels = [k.label for k in f.program.for_sizes({"batch": 256}).plan.kernels]
     assert any("add" in lab and "relu" in lab for lab in labels), labels
+
+
+def test_relu_gradient_reuses_the_output():
+    # relu'(x) = (relu(x) > 0): the pre-activation is not kept for the backward pass, so
+    # bias + ReLU is one fused node and one loop
+    rng = np.random.default_rng(5)
+    x = gd.input("x", (None, 16), "float64")
+    w = gd.param("w", rng.standard_normal((16, 8)))
+    b = gd.param("b", rng.standard_normal(8))
+    loss = (gd.relu(x @ w + b) ** 2).sum()
+    gw, gb = gd.grad(loss, [w, b])
+    f = gd.function([x], [gw, gb])
+    xv = rng.standard_normal((32, 16))
+    zv = xv @ w.value + b.value
+    dz = 2 * np.maximum(zv, 0) * (zv > 0)
+    gwv, gbv = f(xv)
+    np.testing.assert_allclose(gwv, xv.T @ dz, rtol=1e-10)
+    np.testing.assert_allclose(gbv, dz.sum(0), rtol=1e-10)
+    labels = [k.label for k in f.program.for_sizes({"batch": 32}).plan.kernels]
+    assert not any(lab.startswith("elementwise add") for lab in labels), labels
