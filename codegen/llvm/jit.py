@@ -49,15 +49,18 @@ def compile_ir(ir_text: str, optimize: bool = True, keep_object: bool = False) -
     mod = target.parse(ir_text)
     if optimize:
         target.optimize(mod)
+    if keep_object:
+        # Generate machine code once and load that object: adding the module to the engine
+        # as well would run LLVM's code generator a second time (a third of compile time).
+        with _ENGINE_LOCK:
+            obj = target.target_machine().emit_object(mod)
+        return load_object(obj)
     with _ENGINE_LOCK:
         engine, backing = _empty_engine()
-        obj = None
-        if keep_object:
-            obj = target.target_machine().emit_object(mod)
         engine.add_module(mod)
         engine.finalize_object()
         engine.run_static_constructors()
-    kernel = Kernel(engine, mod, obj)
+    kernel = Kernel(engine, mod, None)
     kernel._backing = backing
     return kernel
 
