@@ -109,6 +109,169 @@ def test_nan_error_is_public():
     assert gd.NaNError is NaNError and issubclass(NaNError, FloatingPointError)
 
 
+# -- inside a scan: the step and the body op ---------------------------------------------------
+def _scan_of(kind):
+    """A recurrence that is finite except at one step: log of x_t * w, negative at t = 5
+    only, or c / x_t with x_t = 0 at t = 7 only. Returns (x, w, loss, x value, step)."""
+    x = gd.input("x", (10, 2, 3))
+    w = gd.param("w", np.array([1.0, 2.0, 0.5], np.float32))
+    xv = np.ones((10, 2, 3), np.float32)
+    if kind == "log":
+        def step(carry, xs):
+            z = xs[0] * w
+            h = carry[0] + gd.log(z)                  # <- log in the scan body
+            return [h], [h]
+        xv[5, 1, 2] = -4.0
+        bad_step = 5
+    else:
+        def step(carry, xs):
+            h = carry[0] * 0.5 + carry[0] / xs[0]     # <- div in the scan body
+            return [h], [h * w]
+        xv[7, 0, 1] = 0.0
+        bad_step = 7
+    (h,), (ys,) = gd.scan(step, [gd.constant(np.ones((2, 3), np.float32))], [x])  # <- the scan
+    loss = gd.sum(ys * ys) + gd.sum(h)
+    return x, w, loss, xv, bad_step
+
+
+@pytest.mark.parametrize("kind", ["log", "div"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_inside_a_scan_names_the_step_and_the_body_op(backend, kind):
+    x, w, loss, xv, bad_step = _scan_of(kind)
+    step = gd.function([x], [loss], updates=gd.optim.SGD(lr=0.1).updates(loss, [w]),
+                       backend=backend, nan_guard=True)
+    with pytest.raises(NaNError) as info:
+        step(xv)
+    error = info.value
+    scan_line = f"test_nanguard.py:{_line_of('# <- the scan')}"
+    body_line = f"test_nanguard.py:{_line_of(f'# <- {kind} in the scan body')}"
+    assert error.op == "scan_get" and error.site.endswith(scan_line)
+    assert error.step == bad_step and error.body_op == kind
+    assert error.body_site.endswith(body_line)
+    location = error.location
+    assert location.scan.op == "scan" and location.inner is None
+    assert location.bad_count == 1 and location.first_index == ((1, 2) if kind == "log"
+                                                               else (0, 1))
+    text = str(error)
+    assert f"first at step t = {bad_step} (step {bad_step + 1} of 10 run)" in text
+    assert f"{'NaN' if kind == 'log' else 'Inf'} produced by {kind}, built at " in text
+    assert body_line in text and scan_line in text
+    if kind == "log":
+        assert "i0 = -2.0" in text and "finite range [-2, 2]" in text      # z = x_t * w
+    else:
+        assert "row t = 7 of x 0" in text and "finite range [0, 1]" in text
+    np.testing.assert_array_equal(w.value, [1.0, 2.0, 0.5])        # nothing committed
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_rnn_overflowing_at_one_step_names_it(backend):
+    """gd.rnn is a scan: the step whose x_t W_ih^T overflows float32 is named, with the
+    body's matmul and the line of the gd.rnn call (the body is built there)."""
+    x = gd.input("x", (None, 9, 3))
+    W_ih = gd.param("W_ih", np.full((4, 3), 1e20, np.float32))
+    W_hh = gd.param("W_hh", np.full((4, 4), 0.5, np.float32))
+    out, _ = gd.rnn(x, None, W_ih, W_hh, nonlinearity="relu")     # <- the rnn
+    f = gd.function([x], gd.sum(out[:, -1]), backend=backend, nan_guard=True)
+    xv = np.full((2, 9, 3), 1e-30, np.float32)
+    xv[1, 6, :] = 1e30
+    with pytest.raises(NaNError) as info:
+        f(xv)
+    line = f"test_nanguard.py:{_line_of('# <- the rnn')}"
+    error = info.value
+    assert error.step == 6 and error.body_op == "matmul" and error.body_site.endswith(line)
+    text = str(error)
+    assert "first at step t = 6 (step 7 of 9 run): Inf produced by matmul" in text
+    assert "row t = 6 of x 0" in text and "loop constant 0" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_finite_scan_reports_nothing_and_matches_the_unguarded_run(backend):
+    x = gd.input("x", (6, 2, 3))
+    W = gd.param("W", np.eye(3, dtype=np.float32) * 0.5)
+
+    def step(carry, xs):
+        h = gd.tanh(carry[0] @ W + gd.log(xs[0] * xs[0] + 1.0))
+        return [h], [h]
+    (h,), (ys,) = gd.scan(step, [gd.constant(np.zeros((2, 3), np.float32))], [x])
+    loss = gd.sum(ys * ys) + gd.sum(h)
+    xv = np.random.default_rng(3).normal(size=(6, 2, 3)).astype(np.float32)
+    got = [gd.function([x], [loss] + gd.grad(loss, [W, x]), backend=backend,
+                       nan_guard=guard)(xv) for guard in (False, True)]
+    for a, b in zip(*got):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_in_the_backward_scan_names_its_step(backend):
+    """sqrt(x_t * w) is finite at x_t = 0, its derivative is not: the forward scan stays
+    finite and the reverse scan of the gradient is localized, at the step where x_t = 0
+    (the 3rd it runs: t = 5, 4, 3), in its body built by the optimizer's gd.grad."""
+    x = gd.input("x", (6, 2))
+    w = gd.param("w", np.ones(2, np.float32))
+
+    def step(carry, xs):
+        return [carry[0] + gd.sqrt(xs[0] * w)], []
+    (total,), _ = gd.scan(step, [gd.constant(np.zeros(2, np.float32))], [x])
+    loss = gd.sum(total)
+    updates = gd.optim.SGD(lr=0.1).updates(loss, [w])     # <- builds the backward scan
+    f = gd.function([x], loss, updates=updates, backend=backend, nan_guard=True)
+    xv = np.ones((6, 2), np.float32)
+    xv[3, 1] = 0.0
+    with pytest.raises(NaNError) as info:
+        f(xv)
+    error = info.value
+    line = f"test_nanguard.py:{_line_of('# <- builds the backward scan')}"
+    assert error.op == "scan_get" and error.location.scan.attr("reverse")
+    assert error.step == 3 and error.location.order == 2
+    assert error.body_site.endswith(line) and error.location.first_index == (1,)
+    text = str(error)
+    assert "first at step t = 3 (step 3 of 6 run, t = T-1 first): Inf produced by" in text
+    assert "row t = 3 of x 1" in text and "finite range [0, 1]" in text
+    np.testing.assert_array_equal(w.value, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nested_scan_is_localized_at_both_levels(backend):
+    x = gd.input("x", (5, 4, 2))
+
+    def inner(carry, xs):
+        p = carry[0] * xs[0]
+        return [p], [gd.log(p)]                       # <- log in the inner body
+
+    def outer(carry, xs):
+        (p,), (logs,) = gd.scan(inner, [carry[0]], [xs[0]])
+        return [p], [gd.sum(logs, axis=0)]
+    (_,), (ys,) = gd.scan(outer, [gd.constant(np.ones(2, np.float32))], [x])
+    f = gd.function([x], gd.sum(ys) * 1.0, backend=backend, nan_guard=True)
+    xv = np.ones((5, 4, 2), np.float32)
+    xv[2, 3, 0] = -1.0
+    with pytest.raises(NaNError) as info:
+        f(xv)
+    location = info.value.location
+    assert location.step == 2 and location.op == "scan_get"
+    assert location.inner.step == 3 and location.inner.op == "log"
+    assert location.innermost() is location.inner and info.value.body_op == "log"
+    line = f"test_nanguard.py:{_line_of('# <- log in the inner body')}"
+    assert info.value.body_site.endswith(line)
+    text = str(info.value)
+    assert text.count("re-run step by step") == 2 and "reads a nested scan" in text
+
+
+def test_locate_in_scan_of_finite_inputs_is_none():
+    from graphdl.nanguard import locate_in_scan
+    x = gd.input("x", (4, 2))
+    (total,), _ = gd.scan(lambda c, xs: ([c[0] + gd.log(xs[0])], []),
+                          [gd.constant(np.zeros(2, np.float32))], [x])
+    node = total.inputs[0]
+    init = np.zeros(2, np.float32)
+    assert locate_in_scan(node, [init, np.ones((4, 2), np.float32)]) is None
+    xv = np.ones((4, 2), np.float32)
+    xv[2, 0] = -1.0
+    found = locate_in_scan(node, [init, xv])
+    assert (found.step, found.op, found.first_index) == (2, "log", (0,))
+
+
 # -- numerically safe rules, under the guard -------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cross_entropy_of_huge_logits_is_finite(backend):
