@@ -169,7 +169,7 @@ class Program:
 
     def _compile(self, sizes) -> Compiled:
         start = time.perf_counter()
-        runtime.ensure(self._matmul_dtypes())
+        runtime_ready = runtime.ensure_async(self._matmul_dtypes())   # GEMMs: background
         threads = runtime.get_num_threads()
         extra = (f"{sorted(sizes.items())}|threads={threads}|skip={sorted(self.skip_passes)}"
                  f"|{cache.code_version()}|{target.cache_identity()}")
@@ -178,12 +178,16 @@ class Program:
         # An instrumented plan holds graph nodes (its probes): never cached on disk.
         entry = None if self.instrument else cache.load_entry(digest)
         if entry is not None:
+            runtime_ready()
             kernel = jit.load_object(entry[0])
             plan = _restore_plan(entry[1], leaves)
             stats.update(cache_hit=True, passes=[], lower_s=0.0, passes_s=0.0,
                          llvm_s=time.perf_counter() - start)
         else:
-            kernel, plan = self._build(sizes, threads, stats)
+            try:
+                kernel, plan = self._build(sizes, threads, stats, runtime_ready)
+            finally:
+                runtime_ready.join()    # never leave LLVM busy in the background
             if not self.instrument:
                 cache.store_entry(digest, kernel.object_code, _portable_plan(plan, leaves))
             stats["cache_hit"] = False
@@ -196,7 +200,7 @@ class Program:
         self.history.append({"reason": reason, **stats})
         return Compiled(kernel, plan, stats)
 
-    def _build(self, sizes, threads, stats):
+    def _build(self, sizes, threads, stats, runtime_ready=None):
         from graphdl.passes import optimize
         t0 = time.perf_counter()
         report: list = []
@@ -207,6 +211,8 @@ class Program:
         t1 = time.perf_counter()
         module, plan = lower(self.inputs, outputs, updates, sizes, threads, self.instrument)
         ir_text = str(module)
+        if runtime_ready is not None:
+            runtime_ready()         # no LLVM call before the runtime's compile is done
         t2 = time.perf_counter()
         kernel = jit.compile_ir(ir_text, keep_object=True)
         t3 = time.perf_counter()

@@ -50,6 +50,46 @@ def ensure(dtypes=()) -> None:
             _KERNELS[dtype] = kernel
 
 
+def _ready() -> None:
+    """The waiter of a runtime that needs nothing compiled."""
+
+
+_ready.join = lambda: None
+_READY = _ready
+
+
+def ensure_async(dtypes=()):
+    """Start the thread pool now and compile the GEMMs still missing in a background thread.
+
+    Returns a function that waits for them (re-raising a failure). The caller runs the
+    graph passes and the lowering (pure Python: llvmlite.ir builds IR without LLVM) while
+    LLVM compiles the GEMM, which releases the GIL; it must call the waiter before its own
+    first LLVM call (LLVM's global context is not thread-safe).
+    """
+    _threads()
+    missing = [d for d in dtypes if d not in _KERNELS]
+    if not missing:
+        return _READY
+    failure: list = []
+
+    def work():
+        try:
+            ensure(missing)
+        except BaseException as error:      # noqa: BLE001 - handed to the waiter
+            failure.append(error)
+
+    worker = threading.Thread(target=work, name="graphdl-runtime", daemon=True)
+    worker.start()
+
+    def wait():
+        worker.join()
+        if failure:
+            raise failure[0]
+
+    wait.join = worker.join         # wait without raising (cleanup after another error)
+    return wait
+
+
 def _threads():
     from graphdl.codegen.llvm import threads
     return threads.runtime()
