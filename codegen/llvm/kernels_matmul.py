@@ -193,7 +193,7 @@ def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label=""
     # GEMM's register-tile grid.
     width = max(64, -(-width // 64) * 64)
     blocks = max(1, -(-m // width))
-    row_step = rows
+    row_step = max(1, rows)
     mr = _mr(dtype)
     last = m - (blocks - 1) * width
     if threads > 1 and (blocks < threads or 2 * last < width) and rows >= threads * mr:

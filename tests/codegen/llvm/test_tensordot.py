@@ -145,3 +145,69 @@ def test_view_reshape_is_numpys_no_copy_reshape(shape, perm, new):
         got = np.lib.stride_tricks.as_strided(base.ravel()[view.offset:], view.shape,
                                               [s * 8 for s in view.strides])
         np.testing.assert_array_equal(got, t.reshape(new))
+
+
+# -- differential fuzzing: random tensordot geometry, llvm against NumPy ---------------------
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BUDGET = 200 if os.environ.get("GRAPHDL_SLOW") == "full" else 25
+
+
+@st.composite
+def tensordot_cases(draw):
+    dims = st.sampled_from([0, 1, 2, 3, 5, 17, 40])
+    free_a = draw(st.lists(dims, max_size=2))
+    free_b = draw(st.lists(dims, max_size=2))
+    k = draw(st.lists(dims, min_size=0, max_size=2))
+    if draw(st.booleans()) and len(k) == 1:           # long K: the dot-product kernel
+        k = [draw(st.sampled_from([513, 1000, 1601]))]
+        free_b = free_b[:1]
+    perm_a = draw(st.permutations(range(len(free_a) + len(k))))
+    perm_b = draw(st.permutations(range(len(k) + len(free_b))))
+    transposed_b = draw(st.booleans())
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    return free_a, free_b, k, perm_a, perm_b, transposed_b, dtype
+
+
+@settings(max_examples=BUDGET, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(tensordot_cases())
+def test_random_tensordots_and_their_gradients_match_numpy(case):
+    free_a, free_b, k, perm_a, perm_b, transposed_b, dtype = case
+    rng = np.random.default_rng(7)
+    a_shape = tuple(free_a + k)
+    b_shape = tuple(k + free_b)
+    # the operands arrive as arbitrary transposes (views) of stored arrays
+    a_store = rng.standard_normal(tuple(a_shape[i] for i in perm_a)).astype(dtype)
+    b_store = rng.standard_normal(tuple(reversed(b_shape)) if transposed_b else
+                                  tuple(b_shape[i] for i in perm_b)).astype(dtype)
+    inv_a = tuple(int(i) for i in np.argsort(perm_a))
+    inv_b = tuple(reversed(range(len(b_shape)))) if transposed_b else \
+        tuple(int(i) for i in np.argsort(perm_b))
+    xa = gd.input("a", a_store.shape, dtype)
+    xb = gd.input("b", b_store.shape, dtype)
+    y = gd.tensordot(gd.transpose(xa, inv_a), gd.transpose(xb, inv_b), len(k))
+    w = rng.standard_normal(tuple(free_a + free_b)).astype(dtype)
+    ga, gb = gd.grad((y * gd.constant(w)).sum(), [xa, xb])
+    f = gd.function([xa, xb], [y, ga, gb])
+    yv, gav, gbv = f(a_store, b_store)
+    a_val, b_val = a_store.transpose(inv_a), b_store.transpose(inv_b)
+    ref = np.tensordot(a_val.astype(np.float64), b_val.astype(np.float64), len(k))
+    scale = 1.0 + np.sqrt(max(1, int(np.prod(k))))
+    tol = dict(rtol=1e-4, atol=1e-4 * scale) if dtype == "float32" else \
+        dict(rtol=1e-10, atol=1e-10 * scale)
+    np.testing.assert_allclose(yv, ref, **tol)
+    ref_ga = np.tensordot(w.astype(np.float64), b_val.astype(np.float64),
+                          (list(range(len(free_a), len(free_a) + len(free_b))),
+                           list(range(len(k), len(k) + len(free_b)))))
+    ref_gb = np.tensordot(a_val.astype(np.float64), w.astype(np.float64),
+                          (list(range(len(free_a))), list(range(len(free_a)))))
+    scale_g = 1.0 + np.sqrt(max(1, int(np.prod(free_a + free_b))))
+    tol_g = dict(rtol=1e-4, atol=1e-4 * scale_g) if dtype == "float32" else \
+        dict(rtol=1e-10, atol=1e-10 * scale_g)
+    np.testing.assert_allclose(gav, ref_ga.transpose(perm_a), **tol_g)
+    np.testing.assert_allclose(gbv, ref_gb.transpose(tuple(reversed(range(len(b_shape))))
+                                                     if transposed_b else perm_b), **tol_g)
