@@ -53,7 +53,7 @@ from graphdl.ops import *  # noqa: E402,F401,F403
 from graphdl.ops import __all__ as _ops_all  # noqa: E402
 from graphdl.autodiff import grad  # noqa: E402
 from graphdl.function import (Executable, Updates, clear_cache, function,  # noqa: E402
-                              get_num_threads, set_num_threads)
+                              get_num_threads, set_flush_denormal, set_num_threads)
 from graphdl.random import seed  # noqa: E402
 from graphdl import data, init, losses, metrics, optim, regularizers, schedules, select  # noqa: E402,E501
 from graphdl.explain import explain, to_dot  # noqa: E402
@@ -68,7 +68,8 @@ from graphdl.train import EarlyStopping, History, Trainer, fit  # noqa: E402
 __all__ = [
     "ArgumentError", "BackendUnavailable", "DTypeError", "NotDifferentiableError",
     "ShapeError", "UnsupportedExpr", "Dim", "Graph", "Tensor", "constant", "input", "param",
-    "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads", "clear_cache", "seed", "init", "losses", "optim",
+    "state", "grad", "function", "Executable", "Updates", "set_num_threads", "get_num_threads",
+    "set_flush_denormal", "clear_cache", "seed", "init", "losses", "optim",
     "regularizers", "data", "metrics", "schedules", "select", "Trainer", "fit", "History",
     "EarlyStopping", "save", "load", "train", "checkpoint", "nn", "explain", "to_dot", "check_grad",
     "print_graph", "to_html", "NaNError", *_ops_all,

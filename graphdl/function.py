@@ -86,6 +86,24 @@ def clear_cache() -> int:
     return cache.clear()
 
 
+def set_flush_denormal(mode: bool) -> bool:
+    """Flush denormal floats to zero in functions compiled from now on (llvm backend).
+
+    Like torch.set_flush_denormal: with mode=True, results below the smallest normal float
+    (about 1.2e-38 in float32) become 0 and such inputs read as 0 (x86 FTZ and DAZ, set for
+    the duration of each call on every thread that runs it, then restored). Arithmetic on
+    denormals can be 10-100x slower, which a long recurrence's vanishing gradients reach.
+    Returns False (and changes nothing) on a CPU without the mode. The reference backend
+    (NumPy) never flushes; the mode is part of the compile-cache key.
+
+    Example:
+        >>> gd.set_flush_denormal(True)
+        True
+    """
+    from graphdl.codegen.llvm import target
+    return target.set_flush_denormal(mode)
+
+
 def get_num_threads() -> int:
     """The number of threads the llvm backend uses for large kernels.
 

@@ -785,8 +785,50 @@ def emit_main(module, kernels, threads: int, checks=()) -> None:
     (args,) = fn.args
     for j, (slot, bound, count) in enumerate(checks):
         _emit_label_check(b, args, slot, bound, count, ir.Constant(i32, j + 1))
+    saved = _enter_flush_mode(b, module) if target.flush_denormal() else None
     emit_kernel_calls(b, module, kernels, threads, b.bitcast(args, K.I8P))
+    if saved is not None:
+        _leave_flush_mode(b, module, saved)
     b.ret(ir.Constant(i32, 0))
+
+
+MXCSR_FTZ_DAZ = 0x8040          # flush-to-zero (bit 15) and denormals-are-zero (bit 6)
+
+
+def _mxcsr(module, name):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [K.I8P]), name)
+    return fn
+
+
+def _enter_flush_mode(b, module):
+    """Save this thread's MXCSR and set FTZ + DAZ; returns the slot holding the old value."""
+    i32 = ir.IntType(32)
+    saved, mode = b.alloca(i32), b.alloca(i32)
+    b.call(_mxcsr(module, "llvm.x86.sse.stmxcsr"), [b.bitcast(saved, K.I8P)])
+    b.store(b.or_(b.load(saved), ir.Constant(i32, MXCSR_FTZ_DAZ)), mode)
+    b.call(_mxcsr(module, "llvm.x86.sse.ldmxcsr"), [b.bitcast(mode, K.I8P)])
+    return saved
+
+
+def _leave_flush_mode(b, module, saved):
+    b.call(_mxcsr(module, "llvm.x86.sse.ldmxcsr"), [b.bitcast(saved, K.I8P)])
+
+
+def _flushing(module, f):
+    """`f` wrapped to run in flush-to-zero mode on whichever pool thread runs a chunk."""
+    name = f.name + ".ftz"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, K.KERNEL_TYPE, name)
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    saved = _enter_flush_mode(b, module)
+    b.call(f, list(fn.args))
+    _leave_flush_mode(b, module, saved)
+    b.ret_void()
+    return fn
 
 
 def emit_kernel_calls(b, module, kernels, threads: int, ctx) -> None:
@@ -796,6 +838,8 @@ def emit_kernel_calls(b, module, kernels, threads: int, ctx) -> None:
         f = module.get_global(k.name)
         trips = ir.Constant(K.I64, k.trips)
         if pfor is not None and uses_threads(k, threads):
+            if target.flush_denormal():         # workers have their own MXCSR
+                f = _flushing(module, f)
             b.call(pfor, [f, ctx, trips, ir.Constant(K.I64, 1)])
         else:
             b.call(f, [ctx, ir.Constant(K.I64, 0), trips])

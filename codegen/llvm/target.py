@@ -66,10 +66,29 @@ def new_target_machine():
                                         reloc="default", codemodel="jitdefault")
 
 
+_FLUSH_DENORMAL = [False]
+
+
+def set_flush_denormal(mode: bool) -> bool:
+    """Compile later functions to run with denormals flushed to zero (x86 MXCSR FTZ + DAZ);
+    False (and no change) where the host has no such mode."""
+    if not host()["triple"].startswith(("x86_64", "i686", "i386")):
+        return False
+    _FLUSH_DENORMAL[0] = bool(mode)
+    return True
+
+
+def flush_denormal() -> bool:
+    """Whether functions compiled now flush denormals to zero."""
+    return _FLUSH_DENORMAL[0]
+
+
 def cache_identity() -> str:
-    """What compiled code depends on besides the graph: CPU, features, llvmlite version."""
+    """What compiled code depends on besides the graph: CPU, features, llvmlite version
+    (and the denormal mode)."""
     h = host()
-    return f"{h['cpu']}|{h['features']}|llvmlite-{llvmlite.__version__}"
+    ftz = "|ftz" if _FLUSH_DENORMAL[0] else ""
+    return f"{h['cpu']}|{h['features']}|llvmlite-{llvmlite.__version__}{ftz}"
 
 
 def optimize(module_ref, speed_level: int = 3) -> None:
