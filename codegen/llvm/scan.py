@@ -36,8 +36,10 @@ import numpy as np
 from graphdl.codegen.llvm import kernels as K
 from graphdl.codegen.llvm import kernels_matmul as KM
 from graphdl.codegen.llvm.loops import View
-from graphdl.codegen.llvm.lower import (ALIGN, Lowering, Step, _label_checks, _parallel_for,
-                                        emit_group, emit_kernel_calls, group_steps)
+from graphdl.codegen.llvm import target
+from graphdl.codegen.llvm.lower import (ALIGN, Lowering, Step, _flushing, _label_checks,
+                                        _parallel_for, emit_group, emit_kernel_calls,
+                                        group_steps)
 from graphdl.codegen.llvm.scan_split import row_split
 from graphdl.graph import Tensor, toposort
 from graphdl.ops.registry import I
@@ -405,6 +407,8 @@ def _emit_split(module, b, ctx, low, sp, step_fn, name, ws):
     cb.position_at_end(after)
     cb.ret_void()
     pfor = _parallel_for(module)
+    if target.flush_denormal():                 # pool threads have their own MXCSR
+        chunk_fn = _flushing(module, chunk_fn)
     b.call(pfor, [chunk_fn, ctx, ir.Constant(K.I64, split.chunks), ir.Constant(K.I64, 1)])
     adds = []
     for k, copies in sp.private.items():

@@ -65,3 +65,22 @@ def test_mode_is_part_of_the_cache_key():
         gd.set_flush_denormal(False)
     (c,) = _scale(4)(x)
     assert (a > 0).all() and (b == 0).all() and (c > 0).all()
+
+
+def test_flush_mode_holds_in_a_recurrence_split_across_threads(flushing):
+    # a carry halved at every step reaches the denormal range; its rows run on two threads
+    before = gd.get_num_threads()
+    gd.set_num_threads(2)
+    try:
+        n, t, k = 512, 40, 128
+        h0 = gd.input("h0", (None, k))              # rows split along a symbolic batch
+        xs = gd.input("xs", (t, None, k))
+        w = gd.constant(np.eye(k, dtype=np.float32) * 0.5)
+        (last,), _ = gd.scan(lambda c, x: ([gd.tanh(c[0] @ w + x[0])], []), [h0], [xs])
+        f = gd.function([h0, xs], [last])
+        (y,) = f(np.full((n, k), 1e-30, np.float32), np.zeros((t, n, k), np.float32))
+        labels = [k.label for k in f.program.for_sizes({"batch": n}).plan.kernels]
+        assert any("row blocks" in lab for lab in labels), labels
+        assert (y == 0).all()                 # 1e-30 / 2^40 ~ 9e-43 unflushed
+    finally:
+        gd.set_num_threads(before)
