@@ -170,10 +170,144 @@ def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
                   detail={"flops": flops, "blocks": m_rows, "kind": "dot"})
 
 
+SMALL_MACS = 1 << 18    # at most this many multiply-adds: a small product, not packed
+SMALL_MAX_N = 256
+
+
+def _small_shaped(out: View, a: View, b: View) -> bool:
+    """A product small enough that the GEMM's packing costs more than the arithmetic (an MLP
+    layer at batch 32: 32 x 64 x 128), with a row-major B and output to read and write as
+    whole vectors."""
+    if len(out.shape) != 2:
+        return False
+    (m, k), n = a.shape, b.shape[1]
+    return (m * n * k <= SMALL_MACS and 0 < n <= SMALL_MAX_N and m > 0 and k > 0
+            and (b.strides[1] == 1 or n == 1) and out.strides[1] in (1, 0)
+            and out.dtype == a.dtype == b.dtype)
+
+
+def emit_small_gemm(module, name, out: View, a: View, b: View, label="") -> Kernel:
+    """out = a @ b for a small product, register-blocked, nothing packed.
+
+    A block of R rows keeps R x NV vector accumulators (NV vectors span the N columns, the
+    last one masked); per k it loads the NV vectors of row k of B straight from B (row-major),
+    broadcasts the R values a[r, k] (any strides) and issues R x NV FMAs. R is chosen so
+    that the accumulators fit in the vector registers; a last block takes the M % R rows.
+    """
+    dtype = out.dtype
+    ft = ir_type(dtype)
+    lanes = 16 if dtype == "float32" else 8
+    vec = ir.VectorType(ft, lanes)
+    i1v = ir.VectorType(ir.IntType(1), lanes)
+    (m_rows, k_len), n_cols = a.shape, b.shape[1]
+    nv = -(-n_cols // lanes)
+    r_rows = max(1, min(8, 24 // nv))
+    kb = KernelBuilder(module, name, [out, a, b], writes=[0], label=label)
+    bd = kb.b
+    opaque = ir.PointerType()
+    vname = "v%df%d" % (lanes, 32 if dtype == "float32" else 64)
+
+    def intrinsic(fname, fnty):
+        return module.globals.get(fname) or ir.Function(module, fnty, fname)
+
+    fma = intrinsic("llvm.fma." + vname, ir.FunctionType(vec, [vec] * 3))
+    mload = intrinsic(f"llvm.masked.load.{vname}.p0",
+                      ir.FunctionType(vec, [opaque, I32, i1v, vec]))
+    mstore = intrinsic(f"llvm.masked.store.{vname}.p0",
+                       ir.FunctionType(ir.VoidType(), [vec, opaque, I32, i1v]))
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    align = ir.Constant(I32, 4 if dtype == "float32" else 8)
+    masks = [ir.Constant(i1v, [int(v * lanes + t < n_cols) for t in range(lanes)])
+             for v in range(nv)]
+    full = [all(v * lanes + t < n_cols for t in range(lanes)) for v in range(nv)]
+    zero = ir.Constant(vec, [0.0] * lanes)
+    po, pa, pb = kb.pointers
+
+    def vptr(base, index):
+        return bd.bitcast(bd.gep(base, [index]), opaque)
+
+    def block(row0, rows):
+        accs = [[bd.alloca(vec) for _ in range(nv)] for _ in range(rows)]
+        for row in accs:
+            for acc in row:
+                bd.store(zero, acc)
+        pre = bd.block
+        head = bd.append_basic_block("k.head")
+        body = bd.append_basic_block("k.body")
+        done = bd.append_basic_block("k.done")
+        bd.branch(head)
+        bd.position_at_end(head)
+        k = bd.phi(I64)
+        k.add_incoming(c(0), pre)
+        bd.cbranch(bd.icmp_signed("<", k, c(k_len)), body, done)
+        bd.position_at_end(body)
+        b_row = bd.add(c(b.offset), bd.mul(k, c(b.strides[0])))
+        bvecs = []
+        for v in range(nv):
+            at = bd.add(b_row, c(v * lanes))
+            if full[v]:
+                bvecs.append(bd.load(bd.bitcast(bd.gep(pb, [at]), vec.as_pointer()), align=4))
+            else:
+                bvecs.append(bd.call(mload, [vptr(pb, at), align, masks[v], zero]))
+        a_col = bd.add(c(a.offset), bd.mul(k, c(a.strides[1])))
+        for r in range(rows):
+            x = bd.load(bd.gep(pa, [bd.add(a_col, bd.mul(row0 if r == 0 else
+                                                         bd.add(row0, c(r)),
+                                                         c(a.strides[0])))]))
+            splat = bd.shuffle_vector(bd.insert_element(ir.Constant(vec, None), x,
+                                                        ir.Constant(I32, 0)),
+                                      ir.Constant(vec, None),
+                                      ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+            for v in range(nv):
+                bd.store(bd.call(fma, [splat, bvecs[v], bd.load(accs[r][v])]), accs[r][v])
+        k.add_incoming(bd.add(k, c(1)), bd.block)
+        bd.branch(head)
+        bd.position_at_end(done)
+        for r in range(rows):
+            o_row = bd.add(c(out.offset), bd.mul(bd.add(row0, c(r)),
+                                                 c(out.strides[0] or n_cols)))
+            for v in range(nv):
+                at = bd.add(o_row, c(v * lanes))
+                value = bd.load(accs[r][v])
+                if full[v]:
+                    bd.store(value, bd.bitcast(bd.gep(po, [at]), vec.as_pointer()), align=4)
+                else:
+                    bd.call(mstore, [value, vptr(po, at), align, masks[v]])
+
+    # the parallel range counts blocks of r_rows rows; the last one may be shorter
+    blocks = -(-m_rows // r_rows)
+    tail = m_rows - (blocks - 1) * r_rows
+    pre = bd.block
+    loop = bd.append_basic_block("blk.loop")
+    after = bd.append_basic_block("blk.end")
+    bd.cbranch(bd.icmp_signed("<", kb.begin, kb.end), loop, after)
+    bd.position_at_end(loop)
+    blk = bd.phi(I64)
+    blk.add_incoming(kb.begin, pre)
+    row0 = bd.mul(blk, c(r_rows))
+    is_tail = bd.icmp_signed("==", blk, c(blocks - 1))
+    with bd.if_else(is_tail) as (then, otherwise):
+        with then:
+            block(row0, tail)
+        with otherwise:
+            if blocks > 1:
+                block(row0, r_rows)
+    nxt = bd.add(blk, c(1))
+    blk.add_incoming(nxt, bd.block)
+    bd.cbranch(bd.icmp_signed("<", nxt, kb.end), loop, after)
+    bd.position_at_end(after)
+    kb.finish()
+    flops = 2 * m_rows * n_cols * k_len
+    return Kernel(name, blocks, flops // 8, label=label,
+                  detail={"flops": flops, "blocks": blocks, "kind": "small"})
+
+
 def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label="") -> Kernel:
     """out = a @ b with NumPy batch broadcasting; `blocks` column blocks run in parallel."""
     if _dot_shaped(out, a, b):
         return emit_dot(module, name, out, a, b, label)
+    if _small_shaped(out, a, b):
+        return emit_small_gemm(module, name, out, a, b, label)
     dtype = out.dtype
     a = a.broadcast(out.shape[:-2] + a.shape[-2:])
     b = b.broadcast(out.shape[:-2] + b.shape[-2:])

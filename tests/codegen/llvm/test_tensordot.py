@@ -211,3 +211,20 @@ def test_random_tensordots_and_their_gradients_match_numpy(case):
     np.testing.assert_allclose(gav, ref_ga.transpose(perm_a), **tol_g)
     np.testing.assert_allclose(gbv, ref_gb.transpose(tuple(reversed(range(len(b_shape))))
                                                      if transposed_b else perm_b), **tol_g)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m,k,n,a_transposed", [
+    (32, 64, 128, False), (32, 128, 10, False), (128, 32, 10, True), (64, 32, 128, True),
+    (1, 7, 1, False), (9, 5, 17, True), (23, 40, 33, False), (5, 3, 256, False)])
+def test_small_products_without_packing_match_numpy(m, k, n, a_transposed, dtype):
+    rng = np.random.default_rng(11)
+    a_store = rng.standard_normal((k, m) if a_transposed else (m, k)).astype(dtype)
+    bv = rng.standard_normal((k, n)).astype(dtype)
+    xa, xb = gd.input("a", a_store.shape, dtype), gd.input("b", bv.shape, dtype)
+    f = gd.function([xa, xb], [(xa.T if a_transposed else xa) @ xb])
+    (y,) = f(a_store, bv)
+    ref = (a_store.T if a_transposed else a_store).astype(np.float64) @ bv
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, ref, **tol)
+    assert "small" in _kinds(f, [a_store, bv])
