@@ -231,12 +231,24 @@ class Lowering:
                 consumers.setdefault(p, []).append(n)
         kept = set(self.outputs) | {v for _, v in self.updates} | {v for v, _ in self.updates}
         self.consumers = consumers
+        # A producer is evaluated where its reduction runs, which the schedule may place
+        # after an in-place update of a variable the producer reads: keep those stored.
+        updated = set(getattr(self, "inplace_targets", {}).values())
+
+        def reads_updated(n):
+            for p in n.inputs:
+                while p.op in VIEW_OPS and p.inputs:
+                    p = p.inputs[0]
+                if p in updated:
+                    return True
+            return False
+
         virtual = set()
         for n in order:
             users = consumers.get(n, [])
             if (is_elementwise(n) and n not in kept and len(users) == 1
                     and users[0].op in ("sum", "max") and users[0].inputs[0] is n
-                    and n.storage is None):
+                    and n.storage is None and not reads_updated(n)):
                 virtual.add(n)
         return virtual
 

@@ -113,3 +113,34 @@ def test_relu_gradient_reuses_the_output():
     np.testing.assert_allclose(gbv, dz.sum(0), rtol=1e-10)
     labels = [k.label for k in f.program.for_sizes({"batch": 32}).plan.kernels]
     assert not any(lab.startswith("elementwise add") for lab in labels), labels
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_fused_reduction_reads_a_variable_before_its_in_place_update(dtype):
+    # loss = sum(w * w) is a sum of a never-stored product of w, and w is updated in place
+    # in the same call: the loss must be the one of the old w
+    rng = np.random.default_rng(6)
+    w0 = rng.standard_normal((64, 256)).astype(dtype)
+    w = gd.param("w", w0.copy())
+    x = gd.input("x", (64, 256), dtype)
+    loss = (w * w).sum() + (x * w).sum()
+    updates = gd.optim.SGD(lr=0.1).updates(loss, [w])
+    f = gd.function([x], [loss], updates=updates)
+    xv = rng.standard_normal((64, 256)).astype(dtype)
+    for _ in range(3):
+        old = w.value.copy()
+        (lv,) = f(xv)
+        np.testing.assert_allclose(lv, (old * old).sum() + (xv * old).sum(), rtol=1e-5)
+        np.testing.assert_allclose(w.value, old - 0.1 * (2 * old + xv), rtol=1e-5, atol=1e-6)
+
+
+def test_a_fused_reduction_scheduled_after_an_in_place_update_keeps_the_old_value():
+    # updates w <- w / 2 (in place) and s <- sum(w * w, axis=1): simultaneous updates, so s
+    # must see the old w although the schedule may run w's in-place update first
+    w0 = np.random.default_rng(8).standard_normal((64, 512)).astype("float32")
+    w = gd.param("w", w0.copy())
+    s = gd.state("s", np.zeros(64, "float32"))
+    f = gd.function([], [], updates=[(w, w * 0.5), (s, (w * w).sum(axis=1))])
+    f()
+    np.testing.assert_allclose(w.value, w0 * 0.5)
+    np.testing.assert_allclose(s.value, (w0 * w0).sum(axis=1), rtol=1e-5)
