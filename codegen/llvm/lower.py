@@ -305,16 +305,21 @@ class Lowering:
         self._set(node, self.buffer_view(buf, self.shape(node), node.dtype), buf)
 
     def view_of(self, node) -> View:
-        """The node's View, materializing a compile-time scalar into a buffer if needed."""
+        """The node's View, materializing a compile-time scalar into a buffer if needed.
+
+        The node itself stays a Scalar: loops planned before this fill step read the
+        number as an immediate (they run before the buffer is written)."""
         v = self.views[node]
         if isinstance(v, Scalar):
-            # one element in the node's own shape ((1, 1) stays (1, 1) for a matmul)
-            shape = self.shape(node)
-            buf = self.new_buffer("arena", shape, v.dtype)
-            view = self.buffer_view(buf, shape, v.dtype)
-            self.steps.append(Step("fill", node, view, [], {"value": v.value}))
-            self._set(node, view, buf)
-            return view
+            filled = self.__dict__.setdefault("filled", {})
+            if node not in filled:
+                # one element in the node's own shape ((1, 1) stays (1, 1) for a matmul)
+                shape = self.shape(node)
+                buf = self.new_buffer("arena", shape, v.dtype)
+                filled[node] = self.buffer_view(buf, shape, v.dtype)
+                self.root[node] = buf
+                self.steps.append(Step("fill", node, filled[node], [], {"value": v.value}))
+            return filled[node]
         return v
 
     def _view(self, node) -> bool:
@@ -382,7 +387,7 @@ class Lowering:
             a, b = node.inputs
             ops = []
             for x, groups in ((a, (a.ndim - k, k)), (b, (k, b.ndim - k))):
-                v = self.views[x]
+                v = self.view_of(x)
                 ops.append(v if v.merge(groups) is not None else self._contiguous(x))
             fa, fb = a.ndim - k, b.ndim - k
             if buf.kind == "arena" and not self.instrument and KM.swap_cheaper(
@@ -432,7 +437,9 @@ class Lowering:
             if var not in self.views:
                 self._leaf(var)
             src = self.views[value]
-            if not isinstance(src, Scalar) and self.root[value] in written:
+            if isinstance(src, Scalar):
+                src = value                 # the copy reads the number as an immediate
+            elif self.root[value] in written:
                 # the value lives in another updated variable: take it before any write
                 buf = self.new_buffer("arena", self.shape(value), value.dtype)
                 tmp = self.buffer_view(buf, self.shape(value), value.dtype)
@@ -638,8 +645,11 @@ def _accesses(low, step, member):
     if member is not None:
         return [v for v in member[1] if isinstance(v, View)], [member[0]]
     reads = []
+    filled = getattr(low, "filled", {})
     for x in step.inputs:
         v = x if isinstance(x, View) else low.views.get(x)
+        if isinstance(v, Scalar) and x in filled:      # a structured kernel reads the fill
+            v = filled[x]
         if isinstance(v, View):
             reads.append(low.final_view(v))
     return reads, [low.final_view(step.out)]

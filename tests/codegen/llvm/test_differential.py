@@ -79,3 +79,17 @@ def test_random_graphs_and_gradients_agree(program):
         with np.errstate(all="ignore"):
             scale = np.nanmax(np.abs(np.where(np.isfinite(r), r, 0)), initial=1.0)
         np.testing.assert_allclose(g, r, rtol=tol, atol=tol * scale, equal_nan=True)
+
+
+def test_a_one_element_constant_read_before_and_after_its_fill():
+    # found by the full fuzzing budget: w is a number (an immediate) for the loss' product
+    # but a buffer for the gradient's matmuls, filled after the loss was computed
+    x, y = gd.input("x", (1, 1), "float64"), gd.input("y", (1, 1), "float64")
+    w = gd.constant(np.array([[0.125734]]))
+    loss = ((x @ y) * w).sum()
+    gx, gy = gd.grad(loss, [x, y])
+    xv, yv = np.array([[0.7]]), np.array([[-1.3]])
+    lv, gxv, gyv = gd.function([x, y], [loss, gx, gy])(xv, yv)
+    np.testing.assert_allclose(lv, 0.7 * -1.3 * 0.125734)
+    np.testing.assert_allclose(gxv, [[-1.3 * 0.125734]])
+    np.testing.assert_allclose(gyv, [[0.7 * 0.125734]])
