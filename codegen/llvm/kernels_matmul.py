@@ -186,13 +186,49 @@ def _small_shaped(out: View, a: View, b: View) -> bool:
             and out.dtype == a.dtype == b.dtype)
 
 
-def emit_small_gemm(module, name, out: View, a: View, b: View, label="") -> Kernel:
-    """out = a @ b for a small product, register-blocked, nothing packed.
+STREAM_MIN_N = 512          # at least this many columns of out
+STREAM_MAX_K = 1024         # at most this long a contraction (a tile of B stays in L1/L2)
+STREAM_MAX_A = 1 << 14      # at most this many elements of A (it stays in L1/L2 throughout)
+STREAM_TILE_VECTORS = 4     # columns of a tile, in vectors
 
-    A block of R rows keeps R x NV vector accumulators (NV vectors span the N columns, the
-    last one masked); per k it loads the NV vectors of row k of B straight from B (row-major),
-    broadcasts the R values a[r, k] (any strides) and issues R x NV FMAs. R is chosen so
-    that the accumulators fit in the vector registers; a last block takes the M % R rows.
+
+def _stream_shaped(out, a: View, b: View) -> bool:
+    """A short, wide product: out (M, N >= 512) = a (M, K) b (K, N) with a small A and a
+    row-major B (a convolution's forward, 32 x 144 times the 144 x 12544 im2col matrix, and
+    its input gradient). Packing B would copy all of it for a reuse of only M rows; the
+    unpacked kernel streams B once, tile by tile, against an A that stays in cache. `out`
+    None: the row-major output the lowering would allocate."""
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        return False
+    (m, k), n = a.shape, b.shape[1]
+    return (n >= STREAM_MIN_N and 0 < k <= STREAM_MAX_K and 0 < m and m * k <= STREAM_MAX_A
+            and b.strides[1] == 1 and a.dtype == b.dtype
+            and (out is None or (len(out.shape) == 2 and out.strides[1] == 1
+                                 and out.dtype == a.dtype)))
+
+
+def emit_small_gemm(module, name, out: View, a: View, b: View, label="") -> Kernel:
+    """out = a @ b for a small product (see _small_shaped): whole rows of out per register
+    block, the parallel range the blocks of rows."""
+    return _emit_unpacked(module, name, out, a, b, label, tile_vectors=None)
+
+
+def emit_stream_gemm(module, name, out: View, a: View, b: View, label="") -> Kernel:
+    """out = a @ b for a short, wide product (see _stream_shaped): the parallel range is
+    tiles of STREAM_TILE_VECTORS vectors of columns; each tile runs every block of rows, so
+    B is read from memory once and A from cache."""
+    return _emit_unpacked(module, name, out, a, b, label, tile_vectors=STREAM_TILE_VECTORS)
+
+
+def _emit_unpacked(module, name, out: View, a: View, b: View, label, tile_vectors) -> Kernel:
+    """out = a @ b, register-blocked, nothing packed.
+
+    A block of R rows and a tile of NV vectors of columns keeps R x NV vector accumulators
+    (the last vector of the last tile masked); per k it loads the NV vectors of row k of B
+    straight from B (row-major), broadcasts the R values a[r, k] (any strides) and issues
+    R x NV FMAs. R is chosen so that the accumulators fit in the vector registers; a last
+    block takes the M % R rows. tile_vectors None: one tile spans all N columns and the
+    parallel range counts row blocks; else it counts tiles, each running all row blocks.
     """
     dtype = out.dtype
     ft = ir_type(dtype)
@@ -200,8 +236,14 @@ def emit_small_gemm(module, name, out: View, a: View, b: View, label="") -> Kern
     vec = ir.VectorType(ft, lanes)
     i1v = ir.VectorType(ir.IntType(1), lanes)
     (m_rows, k_len), n_cols = a.shape, b.shape[1]
-    nv = -(-n_cols // lanes)
+    nv_all = -(-n_cols // lanes)
+    nv = nv_all if tile_vectors is None else min(tile_vectors, nv_all)
     r_rows = max(1, min(8, 24 // nv))
+    width = nv * lanes                              # columns of a full tile
+    tiles = -(-n_cols // width)
+    last_width = n_cols - (tiles - 1) * width
+    blocks = -(-m_rows // r_rows)                   # blocks of rows; the last may be shorter
+    tail = m_rows - (blocks - 1) * r_rows
     kb = KernelBuilder(module, name, [out, a, b], writes=[0], label=label)
     bd = kb.b
     opaque = ir.PointerType()
@@ -217,56 +259,66 @@ def emit_small_gemm(module, name, out: View, a: View, b: View, label="") -> Kern
                        ir.FunctionType(ir.VoidType(), [vec, opaque, I32, i1v]))
     c = lambda v: ir.Constant(I64, v)  # noqa: E731
     align = ir.Constant(I32, 4 if dtype == "float32" else 8)
-    masks = [ir.Constant(i1v, [int(v * lanes + t < n_cols) for t in range(lanes)])
-             for v in range(nv)]
-    full = [all(v * lanes + t < n_cols for t in range(lanes)) for v in range(nv)]
     zero = ir.Constant(vec, [0.0] * lanes)
     po, pa, pb = kb.pointers
+    with bd.goto_entry_block():         # in the entry block, so that they become registers
+        accs = [[bd.alloca(vec) for _ in range(nv)] for _ in range(r_rows)]
 
     def vptr(base, index):
         return bd.bitcast(bd.gep(base, [index]), opaque)
 
-    def block(row0, rows):
-        accs = [[bd.alloca(vec) for _ in range(nv)] for _ in range(rows)]
-        for row in accs:
-            for acc in row:
-                bd.store(zero, acc)
+    def loop(start, stop, tag, body):
+        """for i in [start, stop): body(i)."""
         pre = bd.block
-        head = bd.append_basic_block("k.head")
-        body = bd.append_basic_block("k.body")
-        done = bd.append_basic_block("k.done")
+        head = bd.append_basic_block(tag + ".head")
+        inner = bd.append_basic_block(tag + ".body")
+        done = bd.append_basic_block(tag + ".done")
         bd.branch(head)
         bd.position_at_end(head)
-        k = bd.phi(I64)
-        k.add_incoming(c(0), pre)
-        bd.cbranch(bd.icmp_signed("<", k, c(k_len)), body, done)
-        bd.position_at_end(body)
-        b_row = bd.add(c(b.offset), bd.mul(k, c(b.strides[0])))
-        bvecs = []
-        for v in range(nv):
-            at = bd.add(b_row, c(v * lanes))
-            if full[v]:
-                bvecs.append(bd.load(bd.bitcast(bd.gep(pb, [at]), vec.as_pointer()), align=4))
-            else:
-                bvecs.append(bd.call(mload, [vptr(pb, at), align, masks[v], zero]))
-        a_col = bd.add(c(a.offset), bd.mul(k, c(a.strides[1])))
-        for r in range(rows):
-            x = bd.load(bd.gep(pa, [bd.add(a_col, bd.mul(row0 if r == 0 else
-                                                         bd.add(row0, c(r)),
-                                                         c(a.strides[0])))]))
-            splat = bd.shuffle_vector(bd.insert_element(ir.Constant(vec, None), x,
-                                                        ir.Constant(I32, 0)),
-                                      ir.Constant(vec, None),
-                                      ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
-            for v in range(nv):
-                bd.store(bd.call(fma, [splat, bvecs[v], bd.load(accs[r][v])]), accs[r][v])
-        k.add_incoming(bd.add(k, c(1)), bd.block)
+        i = bd.phi(I64)
+        i.add_incoming(start, pre)
+        bd.cbranch(bd.icmp_signed("<", i, stop), inner, done)
+        bd.position_at_end(inner)
+        body(i)
+        i.add_incoming(bd.add(i, c(1)), bd.block)
         bd.branch(head)
         bd.position_at_end(done)
+
+    def block(row0, rows, col0, cols):
+        """out[row0:row0+rows, col0:col0+cols] (rows and cols static)."""
+        nvb = -(-cols // lanes)
+        full = [(v + 1) * lanes <= cols for v in range(nvb)]
+        masks = [ir.Constant(i1v, [int(v * lanes + t < cols) for t in range(lanes)])
+                 for v in range(nvb)]
+        for row in accs[:rows]:
+            for acc in row[:nvb]:
+                bd.store(zero, acc)
+
+        def step(k):
+            b_row = bd.add(bd.add(c(b.offset), col0), bd.mul(k, c(b.strides[0])))
+            bvecs = []
+            for v in range(nvb):
+                at = bd.add(b_row, c(v * lanes))
+                if full[v]:
+                    bvecs.append(bd.load(bd.bitcast(bd.gep(pb, [at]), vec.as_pointer()),
+                                         align=4))
+                else:
+                    bvecs.append(bd.call(mload, [vptr(pb, at), align, masks[v], zero]))
+            a_col = bd.add(c(a.offset), bd.mul(k, c(a.strides[1])))
+            for r in range(rows):
+                x = bd.load(bd.gep(pa, [bd.add(a_col, bd.mul(bd.add(row0, c(r)),
+                                                             c(a.strides[0])))]))
+                splat = bd.shuffle_vector(
+                    bd.insert_element(ir.Constant(vec, None), x, ir.Constant(I32, 0)),
+                    ir.Constant(vec, None), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+                for v in range(nvb):
+                    bd.store(bd.call(fma, [splat, bvecs[v], bd.load(accs[r][v])]), accs[r][v])
+
+        loop(c(0), c(k_len), "k", step)
         for r in range(rows):
-            o_row = bd.add(c(out.offset), bd.mul(bd.add(row0, c(r)),
-                                                 c(out.strides[0] or n_cols)))
-            for v in range(nv):
+            o_row = bd.add(bd.add(c(out.offset), col0),
+                           bd.mul(bd.add(row0, c(r)), c(out.strides[0] or n_cols)))
+            for v in range(nvb):
                 at = bd.add(o_row, c(v * lanes))
                 value = bd.load(accs[r][v])
                 if full[v]:
@@ -274,32 +326,44 @@ def emit_small_gemm(module, name, out: View, a: View, b: View, label="") -> Kern
                 else:
                     bd.call(mstore, [value, vptr(po, at), align, masks[v]])
 
-    # the parallel range counts blocks of r_rows rows; the last one may be shorter
-    blocks = -(-m_rows // r_rows)
-    tail = m_rows - (blocks - 1) * r_rows
-    pre = bd.block
-    loop = bd.append_basic_block("blk.loop")
-    after = bd.append_basic_block("blk.end")
-    bd.cbranch(bd.icmp_signed("<", kb.begin, kb.end), loop, after)
-    bd.position_at_end(loop)
-    blk = bd.phi(I64)
-    blk.add_incoming(kb.begin, pre)
-    row0 = bd.mul(blk, c(r_rows))
-    is_tail = bd.icmp_signed("==", blk, c(blocks - 1))
-    with bd.if_else(is_tail) as (then, otherwise):
-        with then:
-            block(row0, tail)
-        with otherwise:
-            if blocks > 1:
-                block(row0, r_rows)
-    nxt = bd.add(blk, c(1))
-    blk.add_incoming(nxt, bd.block)
-    bd.cbranch(bd.icmp_signed("<", nxt, kb.end), loop, after)
-    bd.position_at_end(after)
+    def branch(flag, then_fn, else_fn):
+        """then_fn() if flag else else_fn(); an else_fn of None emits no code."""
+        if else_fn is None:
+            with bd.if_then(flag):
+                then_fn()
+            return
+        with bd.if_else(flag) as (then, otherwise):
+            with then:
+                then_fn()
+            with otherwise:
+                else_fn()
+
+    def row_block(blk, col0, cols):
+        row0 = bd.mul(blk, c(r_rows))
+        branch(bd.icmp_signed("==", blk, c(blocks - 1)),
+               lambda: block(row0, tail, col0, cols),
+               (lambda: block(row0, r_rows, col0, cols)) if blocks > 1 else None)
+
+    if tile_vectors is None:
+        loop(kb.begin, kb.end, "blk", lambda blk: row_block(blk, c(0), n_cols))
+        trips = blocks
+    else:
+        def tile(t):
+            col0 = bd.mul(t, c(width))
+            rows = lambda cols: loop(c(0), c(blocks), "blk",  # noqa: E731
+                                     lambda blk: row_block(blk, col0, cols))
+            if last_width == width:
+                rows(width)
+            else:
+                branch(bd.icmp_signed("==", t, c(tiles - 1)), lambda: rows(last_width),
+                       lambda: rows(width))
+        loop(kb.begin, kb.end, "tile", tile)
+        trips = tiles
     kb.finish()
     flops = 2 * m_rows * n_cols * k_len
-    return Kernel(name, blocks, flops // 8, label=label,
-                  detail={"flops": flops, "blocks": blocks, "kind": "small"})
+    return Kernel(name, trips, flops // 8, label=label,
+                  detail={"flops": flops, "blocks": trips,
+                          "kind": "small" if tile_vectors is None else "stream"})
 
 
 def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label="") -> Kernel:
@@ -308,6 +372,8 @@ def emit_matmul(module, name, out: View, a: View, b: View, blocks: int, label=""
         return emit_dot(module, name, out, a, b, label)
     if _small_shaped(out, a, b):
         return emit_small_gemm(module, name, out, a, b, label)
+    if _stream_shaped(out, a, b):
+        return emit_stream_gemm(module, name, out, a, b, label)
     dtype = out.dtype
     a = a.broadcast(out.shape[:-2] + a.shape[-2:])
     b = b.broadcast(out.shape[:-2] + b.shape[-2:])
@@ -400,9 +466,10 @@ def _packed_elements(a: View, b: View) -> int:
 
 def swap_cheaper(a: View, b: View) -> bool:
     """Whether b^T a^T (the transposed product) packs clearly less than a @ b; a dot-shaped
-    product (see _dot_shaped) stays as it is."""
+    or stream-shaped product (see _dot_shaped, _stream_shaped) stays as it is."""
     m, n = a.shape[0], b.shape[1]
-    if m * n == 0 or _dot_shaped(View(0, 0, (m, n), (n, 1), a.dtype), a, b):
+    if m * n == 0 or _dot_shaped(View(0, 0, (m, n), (n, 1), a.dtype), a, b) or \
+            _stream_shaped(None, a, b):
         return False
     return 10 * _packed_elements(b.transpose((1, 0)), a.transpose((1, 0))) < \
         7 * _packed_elements(a, b)
