@@ -162,9 +162,12 @@ def tensordot_cases(draw):
     free_a = draw(st.lists(dims, max_size=2))
     free_b = draw(st.lists(dims, max_size=2))
     k = draw(st.lists(dims, min_size=0, max_size=2))
-    if draw(st.booleans()) and len(k) == 1:           # long K: the dot-product kernel
+    shape = draw(st.sampled_from(["any", "long K", "wide N"]))
+    if shape == "long K" and len(k) == 1:             # the dot-product kernel
         k = [draw(st.sampled_from([513, 1000, 1601]))]
         free_b = free_b[:1]
+    elif shape == "wide N":                           # the stream kernel (N >= 512)
+        free_b = [draw(st.sampled_from([512, 700, 1031]))] + free_b[:1]
     perm_a = draw(st.permutations(range(len(free_a) + len(k))))
     perm_b = draw(st.permutations(range(len(k) + len(free_b))))
     transposed_b = draw(st.booleans())
