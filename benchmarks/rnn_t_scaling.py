@@ -22,34 +22,23 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "frameworks"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def child(t, ftz):
     start = time.perf_counter()
-    import numpy as np
     import graphdl as gd
-    import common as C
+    from frameworks import common as C
+    from frameworks.fw_graphdl import lstm_step
     imported = time.perf_counter()
-    C.W6_T = t
-    params, _, ys = C.w6_setup()
-    xs = np.random.default_rng(C.SEED + 2).standard_normal(
-        (C.W6_BATCH, t, C.W6_IN), dtype=np.float32)
+    C.W6_T = t                         # W6's model and data, at sequence length t
     if ftz:
         gd.set_flush_denormal(True)
-    w_ih, w_hh, b_ih, b_hh, w, b = [gd.param(f"p{k}", p.copy()) for k, p in enumerate(params)]
-    x = gd.input("x", (None, t, C.W6_IN))
-    y = gd.input("y", (None,), dtype="int64")
-    _, (h_t, _) = gd.lstm(x, None, None, w_ih, w_hh, b_ih, b_hh)
-    loss = gd.losses.cross_entropy(h_t @ w + b, y)
-    h = C.ADAM
-    opt = gd.optim.Adam(lr=h["lr"], betas=(h["beta1"], h["beta2"]), eps=h["eps"])
-    ups = opt.updates(loss, [w_ih, w_hh, b_ih, b_hh, w, b])
+    x, y, loss, ups, xs, ys = lstm_step(gd)
     defined = time.perf_counter()
     f = gd.function([x, y], [loss], updates=ups, backend="llvm")
     built = time.perf_counter()
-    first = float(np.asarray(f(xs, ys)[0]))
+    first = float(f(xs, ys)[0])
     done = time.perf_counter()
     min_time = 0.2 if t <= 128 else 0.5
     timing = C.measure(lambda: f(xs, ys), repeat=5, min_time=min_time, warmup_time=0.3)

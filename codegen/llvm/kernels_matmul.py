@@ -15,10 +15,17 @@ import llvmlite.ir as ir
 import numpy as np
 
 from graphdl.codegen.llvm.emit import I64, ir_type
+from graphdl.codegen.llvm.gemm import _loop
 from graphdl.codegen.llvm.kernels import Kernel, KernelBuilder
 from graphdl.codegen.llvm.loops import View
 
 I32 = ir.IntType(32)
+
+
+def _for(bd, start, stop, step, tag, body):
+    """for (i = start; i < stop; i += step) body(i), with gemm.py's loop builder."""
+    with _loop(bd, start, stop, step, tag) as i:
+        body(i)
 
 
 def _gemm_function(module, dtype):
@@ -89,22 +96,6 @@ def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
     c = lambda v: ir.Constant(I64, v)  # noqa: E731
     zero_vec = ir.Constant(vec, [0.0] * lanes)
 
-    def loop(start, stop, step, tag, body):
-        pre = bd.block
-        head = bd.append_basic_block(tag + ".head")
-        inner = bd.append_basic_block(tag + ".body")
-        done = bd.append_basic_block(tag + ".done")
-        bd.branch(head)
-        bd.position_at_end(head)
-        i = bd.phi(I64, name=tag)
-        i.add_incoming(start, pre)
-        bd.cbranch(bd.icmp_signed("<", i, stop), inner, done)
-        bd.position_at_end(inner)
-        body(i)
-        i.add_incoming(bd.add(i, c(step)), bd.block)
-        bd.branch(head)
-        bd.position_at_end(done)
-
     def out_ptr(m, n):
         return bd.gep(po, [bd.add(c(out.offset + n * out.strides[1]),
                                   bd.mul(m, c(out.strides[0])))])
@@ -119,7 +110,7 @@ def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
         for n in range(n_cols):
             bd.store(ir.Constant(ft, 0.0), out_ptr(m, n))
 
-    loop(kb.begin, kb.end, 1, "zero", zero_row)
+    _for(bd, kb.begin, kb.end, 1, "zero", zero_row)
 
     def chunk_body(k0):
         k1 = bd.add(k0, c(chunk))
@@ -137,7 +128,7 @@ def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
                                  align=4)
                     bd.store(bd.call(fma, [va, vb, bd.load(acc)]), acc)
 
-            loop(k0, k1, lanes, "k", step)
+            _for(bd, k0, k1, lanes, "k", step)
             for n, acc in enumerate(accs):
                 v = bd.load(acc)
                 s = bd.extract_element(v, ir.Constant(ir.IntType(32), 0))
@@ -146,9 +137,9 @@ def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
                 p = out_ptr(m, n)
                 bd.store(bd.fadd(bd.load(p), s), p)
 
-        loop(kb.begin, kb.end, 1, "m", row)
+        _for(bd, kb.begin, kb.end, 1, "m", row)
 
-    loop(c(0), c(k_full), chunk, "chunk", chunk_body)
+    _for(bd, c(0), c(k_full), chunk, "chunk", chunk_body)
     if k_full < k_len:
         def tail_row(m):
             for n in range(n_cols):
@@ -159,11 +150,11 @@ def emit_dot(module, name, out: View, a: View, b: View, label="") -> Kernel:
                     y = bd.load(bd.gep(pb, [b_index(n, k)]))
                     bd.store(bd.fadd(bd.load(total), bd.fmul(x, y)), total)
 
-                loop(c(k_full), c(k_len), 1, f"t{n}", tail)
+                _for(bd, c(k_full), c(k_len), 1, f"t{n}", tail)
                 p = out_ptr(m, n)
                 bd.store(bd.fadd(bd.load(p), bd.load(total)), p)
 
-        loop(kb.begin, kb.end, 1, "tail", tail_row)
+        _for(bd, kb.begin, kb.end, 1, "tail", tail_row)
     kb.finish()
     flops = 2 * m_rows * n_cols * k_len
     return Kernel(name, m_rows, flops // 8, label=label,
@@ -267,23 +258,6 @@ def _emit_unpacked(module, name, out: View, a: View, b: View, label, tile_vector
     def vptr(base, index):
         return bd.bitcast(bd.gep(base, [index]), opaque)
 
-    def loop(start, stop, tag, body):
-        """for i in [start, stop): body(i)."""
-        pre = bd.block
-        head = bd.append_basic_block(tag + ".head")
-        inner = bd.append_basic_block(tag + ".body")
-        done = bd.append_basic_block(tag + ".done")
-        bd.branch(head)
-        bd.position_at_end(head)
-        i = bd.phi(I64)
-        i.add_incoming(start, pre)
-        bd.cbranch(bd.icmp_signed("<", i, stop), inner, done)
-        bd.position_at_end(inner)
-        body(i)
-        i.add_incoming(bd.add(i, c(1)), bd.block)
-        bd.branch(head)
-        bd.position_at_end(done)
-
     def block(row0, rows, col0, cols):
         """out[row0:row0+rows, col0:col0+cols] (rows and cols static)."""
         nvb = -(-cols // lanes)
@@ -314,7 +288,7 @@ def _emit_unpacked(module, name, out: View, a: View, b: View, label, tile_vector
                 for v in range(nvb):
                     bd.store(bd.call(fma, [splat, bvecs[v], bd.load(accs[r][v])]), accs[r][v])
 
-        loop(c(0), c(k_len), "k", step)
+        _for(bd, c(0), c(k_len), 1, "k", step)
         for r in range(rows):
             o_row = bd.add(bd.add(c(out.offset), col0),
                            bd.mul(bd.add(row0, c(r)), c(out.strides[0] or n_cols)))
@@ -345,19 +319,19 @@ def _emit_unpacked(module, name, out: View, a: View, b: View, label, tile_vector
                (lambda: block(row0, r_rows, col0, cols)) if blocks > 1 else None)
 
     if tile_vectors is None:
-        loop(kb.begin, kb.end, "blk", lambda blk: row_block(blk, c(0), n_cols))
+        _for(bd, kb.begin, kb.end, 1, "blk", lambda blk: row_block(blk, c(0), n_cols))
         trips = blocks
     else:
         def tile(t):
             col0 = bd.mul(t, c(width))
-            rows = lambda cols: loop(c(0), c(blocks), "blk",  # noqa: E731
+            rows = lambda cols: _for(bd, c(0), c(blocks), 1, "blk",  # noqa: E731
                                      lambda blk: row_block(blk, col0, cols))
             if last_width == width:
                 rows(width)
             else:
                 branch(bd.icmp_signed("==", t, c(tiles - 1)), lambda: rows(last_width),
                        lambda: rows(width))
-        loop(kb.begin, kb.end, "tile", tile)
+        _for(bd, kb.begin, kb.end, 1, "tile", tile)
         trips = tiles
     kb.finish()
     flops = 2 * m_rows * n_cols * k_len
